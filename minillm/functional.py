@@ -1,0 +1,164 @@
+"""Fused differentiable ops: each one a `Function` whose forward and backward are kernel calls.
+
+Composing softmax from exp, sum and divide would work (and `minillm.tensor` has those ops), but it would
+make four passes over memory and keep four intermediate arrays alive for the backward pass. A fused op
+makes one pass forward, saves only what its backward needs, and calls a hand-written kernel both ways:
+
+    op                              forward kernel          saved for backward          backward kernel
+    softmax(x)                      softmax_fwd             y                           softmax_bwd
+    layer_norm(x, w, b)             layernorm_fwd           x, mean, rstd               layernorm_bwd
+    gelu(x)                         gelu_fwd                x                           gelu_bwd
+    scaled_dot_product_attention    attention_fwd           q, k, v, out, lse           attention_bwd
+    cross_entropy(logits, t)        cross_entropy_fwd       logits, lse                 cross_entropy_bwd
+
+Which kernels run is `minillm.set_backend(...)`: "numpy" (the reference), "numba" or "cupy"
+(`kernels.get(name)`; the math of each kernel is in its `reference.py`).
+"""
+from __future__ import annotations
+
+from .backend import kernels_for, xp
+from .tensor import Tensor, dropout  # noqa: F401  (dropout is part of the functional API)
+
+
+class Function:
+    """A differentiable op on raw arrays. Subclasses define forward(*arrays, **params) -> array and
+    backward(grad) -> one gradient (or None) per input; `apply` wires the result into the graph."""
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **params) -> Tensor:
+        fn = cls()
+        fn.kernels = kernels_for(inputs[0].data)
+        out = fn.forward(*(t.data for t in inputs), **params)
+        return Tensor._make(out, inputs, fn.backward)
+
+
+class Softmax(Function):
+    def forward(self, x, mask=None):
+        self.y = self.kernels.softmax_fwd(x, mask)
+        return self.y
+
+    def backward(self, dy):
+        return (self.kernels.softmax_bwd(self.y, dy),)
+
+
+class LayerNorm(Function):
+    def forward(self, x, weight, bias, eps=1e-12):
+        y, self.mean, self.rstd = self.kernels.layernorm_fwd(x, weight, bias, eps)
+        self.x, self.weight = x, weight
+        return y
+
+    def backward(self, dy):
+        return self.kernels.layernorm_bwd(dy, self.x, self.weight, self.mean, self.rstd)
+
+
+class Gelu(Function):
+    def forward(self, x):
+        self.x = x
+        return self.kernels.gelu_fwd(x)
+
+    def backward(self, dy):
+        return (self.kernels.gelu_bwd(self.x, dy),)
+
+
+class Attention(Function):
+    def forward(self, q, k, v, key_mask=None, causal=False, scale=None):
+        self.options = dict(key_mask=key_mask, causal=causal, scale=scale)
+        self.out, self.lse = self.kernels.attention_fwd(q, k, v, **self.options)
+        self.q, self.k, self.v = q, k, v
+        return self.out
+
+    def backward(self, dout):
+        return self.kernels.attention_bwd(dout, self.q, self.k, self.v, self.out, self.lse, **self.options)
+
+
+class CrossEntropy(Function):
+    def forward(self, logits, targets, ignore_index=-100):
+        self.logits, self.targets, self.ignore_index = logits, targets, ignore_index
+        loss, self.lse = self.kernels.cross_entropy_fwd(logits, targets, ignore_index)
+        return xp(logits).asarray(loss, dtype=logits.dtype)
+
+    def backward(self, dloss):
+        dlogits = self.kernels.cross_entropy_bwd(
+            self.logits, self.targets, self.lse, float(dloss), self.ignore_index
+        )
+        return (dlogits,)
+
+
+# --------------------------------------------------------------------------------------------------
+# the public functions
+def softmax(x: Tensor, axis: int = -1, mask=None) -> Tensor:
+    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x) over `axis`.
+
+    `mask` (bool, broadcastable to x, True = keep) excludes entries; a fully masked row gives zeros.
+    """
+    if mask is not None:
+        mask = mask.data if isinstance(mask, Tensor) else mask
+    if axis in (-1, x.ndim - 1):
+        return Softmax.apply(x, mask=mask)
+    moved = x.swapaxes(axis, -1)
+    if mask is not None:
+        mask = xp(mask).broadcast_to(mask, x.shape).swapaxes(axis, -1)
+    return Softmax.apply(moved, mask=mask).swapaxes(axis, -1)
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-12) -> Tensor:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
+    if weight.shape != (x.shape[-1],) or bias.shape != (x.shape[-1],):
+        raise ValueError(
+            f"layer_norm: weight {weight.shape} and bias {bias.shape} must both be ({x.shape[-1]},) "
+            f"for input of shape {x.shape}"
+        )
+    return LayerNorm.apply(x, weight, bias, eps=eps)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU(x) = x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), the exact form BERT uses."""
+    return Gelu.apply(x)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, key_mask=None, causal: bool = False,
+                                 scale: float | None = None) -> Tensor:
+    """Attention(Q, K, V) = softmax(Q K^T * scale + mask) V, scale = 1/sqrt(D) by default.
+
+    Args:
+        q: (B, H, Tq, D); k, v: (B, H, Tk, D).
+        key_mask: (B, Tk) bool (or 0/1 ints such as a tokenizer's attention_mask), True = may be attended to.
+        causal: query i sees key j only when j <= i + Tk - Tq.
+    Returns:
+        (B, H, Tq, D)
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"scaled_dot_product_attention: expected q (B, H, Tq, D) and k, v (B, H, Tk, D); got "
+            f"q {q.shape}, k {k.shape}, v {v.shape}"
+        )
+    if key_mask is not None:
+        key_mask = key_mask.data if isinstance(key_mask, Tensor) else key_mask
+        key_mask = xp(key_mask).asarray(key_mask).astype(bool, copy=False)
+    return Attention.apply(q, k, v, key_mask=key_mask, causal=causal, scale=scale)
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
+    """Mean over non-ignored rows of -log softmax(logits)[target]; logits (..., V), targets (...) ints."""
+    targets = targets.data if isinstance(targets, Tensor) else targets
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, got {targets.shape}"
+        )
+    if logits.ndim != 2:
+        logits = logits.reshape(-1, logits.shape[-1])  # (..., V) -> (N, V)
+        targets = targets.reshape(-1)
+    return CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x W^T + b with W of shape (out, in), as in PyTorch and the Hugging Face checkpoints.
+
+    The leading dims are flattened first, (..., in) -> (N, in), so that the weight gradient is one
+    (in, N) @ (N, out) matmul instead of a batch of them summed afterwards.
+    """
+    lead = x.shape[:-1]
+    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, in) @ (in, out) -> (N, out)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, weight.shape[0])

@@ -1,0 +1,1 @@
+"""Models built on minillm: BERT and its heads."""

@@ -1,0 +1,338 @@
+"""BERT (Devlin et al. 2018) on minillm's autograd: embeddings, post-LN encoder, pooler and the two heads.
+
+Every module and parameter carries the Hugging Face name, so `named_parameters()` reads like the key list
+of a `model.safetensors` from the Hub (e.g. `encoder.layer.0.attention.self.query.weight`), and loading a
+checkpoint is a dictionary copy (see `checkpoint.py`).
+
+One encoder layer, with x of shape (B, T, C):
+
+    a = LayerNorm(x + Dropout(Attention(x) W_o))              # attention.output
+    y = LayerNorm(a + Dropout(GELU(a W_1) W_2))               # intermediate, output
+
+where Attention splits C into H heads of size D and computes softmax(Q K^T / sqrt(D) + mask) V per head
+through `functional.scaled_dot_product_attention` (the fused kernel). What this file is not: no cross-
+attention, no key/value cache, no relative positions; BERT-as-encoder only.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from .. import functional as F
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
+from ..backend import xp
+from ..tensor import Tensor
+from .checkpoint import CheckpointMixin
+
+
+@dataclass
+class BertConfig:
+    """The hyper-parameters, with the field names of Hugging Face's config.json."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    num_labels: int = 2
+    classifier_dropout: float | None = None
+    model_type: str = "bert"
+    architectures: list | None = None
+    id2label: dict | None = None
+    extra: dict = field(default_factory=dict, repr=False)  # unknown config.json keys, kept for round trips
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.hidden_act not in ("gelu",):
+            raise ValueError(f"BertConfig: hidden_act {self.hidden_act!r} is not supported (only 'gelu')")
+        if self.id2label is not None:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+            self.num_labels = len(self.id2label)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def from_json(cls, path) -> "BertConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                return cls.from_dict(json.load(f))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d = {k: v for k, v in d.items() if v is not None}
+        if "id2label" in d:
+            d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
+            d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
+        return {**{k: v for k, v in extra.items() if k not in ("label2id",)}, **d}
+
+    def to_json(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class Output(dict):
+    """A dict whose entries are also attributes: `out.loss`, `out["logits"]` (as transformers' ModelOutput)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# the encoder
+class BertEmbeddings(Module):
+    def __init__(self, config: BertConfig):
+        std = config.initializer_range
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size, std)
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size, std)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, config.hidden_size, std)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, position_ids) -> Tensor:  # (B, T) ids -> (B, T, C)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) \
+            + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(Module):
+    def __init__(self, config: BertConfig):
+        C, std = config.hidden_size, config.initializer_range
+        self.num_heads = config.num_attention_heads
+        self.query = Linear(C, C, std=std)
+        self.key = Linear(C, C, std=std)
+        self.value = Linear(C, C, std=std)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, key_mask) -> Tensor:
+        B, T, C = x.shape
+        H = self.num_heads
+
+        def heads(t):  # (B, T, C) -> (B, H, T, D)
+            return t.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        if self.training and self.dropout_p > 0:
+            _warn_attention_dropout(self.dropout_p)
+        out = F.scaled_dot_product_attention(q, k, v, key_mask=key_mask)  # (B, H, T, D)
+        return out.transpose(0, 2, 1, 3).reshape(B, T, C)                # (B, H, T, D) -> (B, T, C)
+
+
+def _warn_attention_dropout(p: float) -> None:
+    warnings.warn(
+        f"attention_probs_dropout_prob={p} is not applied: the fused attention kernel never materialises the "
+        "probabilities it would drop. Hidden-state dropout still applies; minillm's presets set it to 0.",
+        stacklevel=3,
+    )
+
+
+class BertSelfOutput(Module):
+    """dense + dropout + residual + LayerNorm; the same shape serves attention.output and output."""
+
+    def __init__(self, config: BertConfig, in_features: int):
+        self.dense = Linear(in_features, config.hidden_size, std=config.initializer_range)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertAttention(Module):
+    def __init__(self, config: BertConfig):
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config, config.hidden_size)
+
+    def forward(self, x: Tensor, key_mask) -> Tensor:
+        return self.output(self.self(x, key_mask), x)
+
+
+class BertIntermediate(Module):
+    def __init__(self, config: BertConfig):
+        self.dense = Linear(config.hidden_size, config.intermediate_size, std=config.initializer_range)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, 4C)
+        return F.gelu(self.dense(x))
+
+
+class BertLayer(Module):
+    def __init__(self, config: BertConfig):
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertSelfOutput(config, config.intermediate_size)
+
+    def forward(self, x: Tensor, key_mask) -> Tensor:
+        a = self.attention(x, key_mask)
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(Module):
+    def __init__(self, config: BertConfig):
+        self.layer = ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, x: Tensor, key_mask) -> Tensor:
+        for layer in self.layer:
+            x = layer(x, key_mask)
+        return x
+
+
+class BertPooler(Module):
+    """tanh(W h_[CLS] + b): the sentence vector the classification head reads."""
+
+    def __init__(self, config: BertConfig):
+        self.dense = Linear(config.hidden_size, config.hidden_size, std=config.initializer_range)
+
+    def forward(self, hidden: Tensor) -> Tensor:  # (B, T, C) -> (B, C)
+        return self.dense(hidden[:, 0]).tanh()
+
+
+def _as_ids(a, name: str, shape=None) -> np.ndarray:
+    """Token ids and masks may come as lists, int arrays or Tensors; return an int array, checked."""
+    a = a.data if isinstance(a, Tensor) else a
+    a = np.asarray(a) if not hasattr(a, "get") else a
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must have shape (B, T), got {tuple(a.shape)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)} but input_ids has shape {tuple(shape)}")
+    return a
+
+
+class BertModel(CheckpointMixin, Module):
+    """The encoder: returns `.last_hidden_state` (B, T, C) and `.pooler_output` (B, C)."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **unused) -> Output:
+        ids = _as_ids(input_ids, "input_ids")
+        B, T = ids.shape
+        if T > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        m = xp(ids)
+        token_type_ids = m.zeros_like(ids) if token_type_ids is None else _as_ids(token_type_ids, "token_type_ids", ids.shape)
+        if position_ids is None:
+            position_ids = m.broadcast_to(m.arange(T), (B, T))
+        key_mask = None if attention_mask is None else _as_ids(attention_mask, "attention_mask", ids.shape).astype(bool)
+        x = self.embeddings(ids, token_type_ids, position_ids)        # (B, T, C)
+        x = self.encoder(x, key_mask)                                 # (B, T, C)
+        pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
+        return Output(last_hidden_state=x, pooler_output=pooled)
+
+
+# --------------------------------------------------------------------------------------------------
+# the heads
+class BertPredictionHeadTransform(Module):
+    def __init__(self, config: BertConfig):
+        self.dense = Linear(config.hidden_size, config.hidden_size, std=config.initializer_range)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.LayerNorm(F.gelu(self.dense(h)))
+
+
+class BertLMPredictionHead(Module):
+    """transform, then scores against every word: logits = transform(h) E^T + b, E the word embeddings."""
+
+    def __init__(self, config: BertConfig, word_embeddings: Parameter):
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder_weight = word_embeddings  # tied: the same Parameter object as the input embeddings
+        self.bias = Parameter(np.zeros(config.vocab_size, np.float32))
+
+    def _named_parameters_all(self, prefix):
+        # The tied decoder weight is the embedding matrix; it is listed (and saved) under its embedding name.
+        for name, p in super()._named_parameters_all(prefix):
+            if p is not self.decoder_weight:
+                yield name, p
+
+    def forward(self, h: Tensor) -> Tensor:  # (N, C) -> (N, V)
+        return F.linear(self.transform(h), self.decoder_weight, self.bias)
+
+
+class BertOnlyMLMHead(Module):
+    def __init__(self, config: BertConfig, word_embeddings: Parameter):
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+
+
+class BertForMaskedLM(CheckpointMixin, Module):
+    """BERT with the masked-language-model head. With labels (-100 = not masked) it returns `.loss`.
+
+    `sparse_head=True` scores only the positions that carry a label, as the original BERT code does:
+    the vocabulary projection is then (M, C) @ (C, V) for M masked positions instead of (B*T, C) @ (C, V),
+    and `.logits` holds only those M rows (in row-major order of the labelled positions).
+    """
+
+    def __init__(self, config: BertConfig, sparse_head: bool = False):
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings.weight)
+        self.sparse_head = sparse_head
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **unused) -> Output:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
+        head = self.cls.predictions
+        if labels is not None and self.sparse_head:
+            labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
+            rows = np.flatnonzero(labels.reshape(-1) != -100)                         # (M,)
+            logits = head(hidden.reshape(-1, hidden.shape[-1])[rows])                # (M, C) -> (M, V)
+            return Output(logits=logits, loss=F.cross_entropy(logits, labels.reshape(-1)[rows]))
+        logits = head(hidden)                                                          # (B, T, V)
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return Output(logits=logits, loss=loss)
+
+
+class BertForSequenceClassification(CheckpointMixin, Module):
+    """BERT with dropout + a linear layer on the pooled [CLS] vector; with labels it returns `.loss`."""
+
+    def __init__(self, config: BertConfig):
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=True)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = Dropout(p)
+        self.classifier = Linear(config.hidden_size, config.num_labels, std=config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **unused) -> Output:
+        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, C)
+        logits = self.classifier(self.dropout(pooled))                               # (B, num_labels)
+        loss = None
+        if labels is not None:
+            labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
+            if labels.size and (labels.min() < 0 or labels.max() >= self.config.num_labels):
+                raise ValueError(
+                    f"labels must be in [0, {self.config.num_labels}), got values {sorted(set(labels.tolist()))[:10]}"
+                )
+            loss = F.cross_entropy(logits, labels)
+        return Output(logits=logits, loss=loss)

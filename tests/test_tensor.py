@@ -1,0 +1,164 @@
+"""Autograd: every primitive op gradient-checked in float64, broadcasting, graph semantics, errors."""
+import numpy as np
+import pytest
+from gradcheck import check_gradients
+
+import minillm as mm
+from minillm.tensor import dropout
+
+rng = np.random.default_rng(0)
+
+
+def r(*shape):
+    return rng.standard_normal(shape)
+
+
+def pos(*shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+BINARY = [
+    ("add", lambda a, b: a + b),
+    ("sub", lambda a, b: a - b),
+    ("mul", lambda a, b: a * b),
+    ("div", lambda a, b: a / b),
+]
+BROADCAST_SHAPES = [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((2, 3, 4), (3, 1)), ((1, 4), (5, 1)), ((3,), ())]
+
+
+@pytest.mark.parametrize("name,op", BINARY)
+@pytest.mark.parametrize("sa,sb", BROADCAST_SHAPES)
+def test_binary_ops_and_broadcast_gradients(name, op, sa, sb):
+    check_gradients(op, r(*sa), pos(*sb))
+
+
+@pytest.mark.parametrize("name,op,make", [
+    ("neg", lambda x: -x, r),
+    ("pow3", lambda x: x ** 3, r),
+    ("pow-half", lambda x: x ** -0.5, pos),
+    ("exp", lambda x: x.exp(), r),
+    ("log", lambda x: x.log(), pos),
+    ("tanh", lambda x: x.tanh(), r),
+    ("sqrt", lambda x: x.sqrt(), pos),
+    ("rsub", lambda x: 2.0 - x, r),
+    ("rdiv", lambda x: 1.0 / x, pos),
+    ("sum-all", lambda x: x.sum(), r),
+    ("sum-axis", lambda x: x.sum(axis=1), r),
+    ("sum-keep", lambda x: x.sum(axis=(0, 2), keepdims=True), r),
+    ("mean", lambda x: x.mean(axis=-1), r),
+    ("mean-all", lambda x: x.mean(), r),
+    ("max-axis", lambda x: x.max(axis=1), r),
+    ("max-all", lambda x: x.max(), r),
+    ("max-keep", lambda x: x.max(axis=0, keepdims=True), r),
+    ("reshape", lambda x: x.reshape(4, 6) * 1.0, r),
+    ("transpose", lambda x: x.transpose(2, 0, 1), r),
+    ("swapaxes", lambda x: x.swapaxes(0, 2), r),
+    ("T", lambda x: x.T, r),
+    ("slice", lambda x: x[1:, ::2], r),
+    ("fancy-repeat", lambda x: x[np.array([0, 1, 1, 0])], r),
+    ("take-axis1", lambda x: x.take(np.array([[2, 0], [2, 2]]), axis=1), r),
+    ("masked_fill", lambda x: x.masked_fill(np.array([True, False, True, False]), -3.0), r),
+    ("astype32-64", lambda x: x.astype(np.float64), r),
+])
+def test_unary_op_gradients(name, op, make):
+    check_gradients(op, make(2, 3, 4))
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 5)),
+                                   ((2, 1, 3, 4), (5, 4, 2)), ((1, 1), (1, 1))])
+def test_matmul_gradients(sa, sb):
+    check_gradients(lambda a, b: a @ b, r(*sa), r(*sb))
+
+
+def test_where_concatenate_split_gradients():
+    cond = r(3, 4) > 0
+    check_gradients(lambda a, b: mm.where(cond, a, b), r(3, 4), r(1, 4))
+    check_gradients(lambda a, b: mm.concatenate([a, b, a], axis=1), r(2, 3), r(2, 5))
+    check_gradients(lambda a: mm.split(a, [1, 4], axis=1)[1] * 2 + mm.split(a, 5, axis=1)[0], r(2, 5))
+
+
+def test_composite_graph_gradient():
+    """A small MLP with a tanh, a shared weight (used twice) and a softmax-like normalisation."""
+    def net(x, w1, w2):
+        h = (x @ w1).tanh()
+        h = h @ w2 @ w2.T          # w2 used twice
+        e = (h - h.max(axis=-1, keepdims=True)).exp()
+        return (e / e.sum(axis=-1, keepdims=True)).log().mean(axis=0)
+    check_gradients(net, r(4, 3), r(3, 5), r(5, 2))
+
+
+def test_reused_node_accumulates():
+    x = mm.Tensor(np.array([2.0]), requires_grad=True)
+    y = x * x + x  # dy/dx = 2x + 1 = 5
+    y.sum().backward()
+    assert x.grad[0] == 5.0
+
+
+def test_gradients_accumulate_across_backward_calls():
+    x = mm.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (x * 3).sum().backward()
+    (x * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad, [6.0, 6.0])
+
+
+def test_second_backward_through_freed_graph_raises_and_retain_graph_allows_it():
+    x = mm.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = (x.exp() * 2).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad, 4 * np.exp([1.0, 2.0]))
+    with pytest.raises(RuntimeError, match="already freed"):
+        y.backward()
+
+
+def test_deep_graph_10000_ops_is_iterative():
+    x = mm.Tensor(np.array([1.0]), requires_grad=True)
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001 + 0.0
+    y.backward(np.ones(1))
+    np.testing.assert_allclose(x.grad, [1.0001 ** 10_000], rtol=1e-9)
+
+
+def test_no_grad_and_detach():
+    x = mm.Tensor(np.ones(3), requires_grad=True)
+    with mm.no_grad():
+        y = x * 2
+    assert not y.requires_grad and y._backward is None
+    z = (x * 2).detach()
+    assert not z.requires_grad
+
+
+def test_dtype_is_kept():
+    assert mm.Tensor([1.0, 2.0]).dtype == np.float32          # Python floats -> float32
+    assert mm.Tensor(np.zeros(2)).dtype == np.float64         # float64 arrays stay float64
+    assert mm.Tensor([1, 2]).dtype.kind == "i"                # token ids stay ints
+    x = mm.Tensor(np.ones(3, np.float32), requires_grad=True)
+    y = (x * 0.5 + 1.0) / 3.0 - 2.0
+    assert y.dtype == np.float32, "Python scalars must not upcast float32"
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_dropout_is_seeded_and_scaled():
+    x = mm.Tensor(np.ones((200, 50)), requires_grad=True)
+    a = dropout(x, 0.25, rng=np.random.default_rng(1)).data
+    b = dropout(x, 0.25, rng=np.random.default_rng(1)).data
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) <= {0.0, 1 / 0.75}
+    assert abs((a == 0).mean() - 0.25) < 0.02  # 10,000 Bernoulli(0.25): sigma = 0.0043, bound ~ 4.6 sigma
+    y = dropout(x, 0.25, rng=np.random.default_rng(2))
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, y.data)  # d/dx of x * mask is the mask
+    assert dropout(x, 0.25, training=False) is x
+
+
+def test_clear_errors():
+    with pytest.raises(RuntimeError, match="scalar"):
+        (mm.Tensor(np.ones(3), requires_grad=True) * 2).backward()
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 5\)"):
+        mm.Tensor(np.ones((2, 3))) @ mm.Tensor(np.ones((4, 5)))
+    with pytest.raises(ValueError, match="known backends"):
+        mm.set_backend("tpu")
+    with pytest.raises(ValueError, match="not divisible"):
+        mm.split(mm.Tensor(np.ones((2, 5))), 2, axis=1)
