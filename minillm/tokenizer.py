@@ -131,7 +131,7 @@ class BasicTokenizer:
 
     def tokenize(self, text):
         """Split `text` into words. ``"Héllo, WORLD!" -> ["hello", ",", "world", "!"]``."""
-        text = unicodedata.normalize("NFC", text.translate(self._clean))
+        text = text.translate(self._clean)
         out = []
         for word in text.split():
             pieces = self._word_cache.get(word)

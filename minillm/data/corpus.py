@@ -92,11 +92,10 @@ def _documents(path, text: str, fmt: str) -> list[str]:
             current = []
         if level or not line.strip():
             continue
-        paragraph = line.strip()
-        if fmt == "wikitext":
+        if fmt == "wikitext":  # before stripping: the markup's spaces may be the line's own
             for marked, plain in _DETOKENIZE:
-                paragraph = paragraph.replace(marked, plain)
-        current.append(paragraph)
+                line = line.replace(marked, plain)
+        current.append(line.strip())
     if current:
         docs.append("\n".join(current))
     if not docs:

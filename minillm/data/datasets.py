@@ -23,6 +23,7 @@ corrupt download therefore never leaves a half-written data file where `data_dir
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import sys
@@ -170,7 +171,7 @@ def download_dataset(dataset, dest, base_url: str | None = None, timeout: float 
         archive = Path(tmp) / ds.archive
         try:
             _fetch(url, archive, timeout, progress)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
             reason = getattr(e, "reason", None) or e
             raise DataNotFoundError(_what_to_do(ds, dest, f"downloading {url} failed: {reason}")) from e
         verified = _extract_verified(ds, archive, Path(tmp), url, dest)
@@ -200,9 +201,13 @@ def _fetch(url: str, out: Path, timeout: float, progress: bool) -> None:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=out.name, disable=not progress,
                   file=sys.stderr) as bar:
+            received = 0
             for block in iter(lambda: response.read(1 << 20), b""):
                 f.write(block)
+                received += len(block)
                 bar.update(len(block))
+    if total is not None and received != total:  # the connection closed early: say so, not "bad zip"
+        raise ConnectionError(f"received {received} of {total} bytes")
     os.replace(part, out)
 
 
@@ -214,7 +219,7 @@ def _extract_verified(ds: Dataset, archive: Path, tmp: Path, url: str,
     except zipfile.BadZipFile:
         head = archive.read_bytes()[:60]
         raise DataNotFoundError(
-            f"{url} did not return a zip archive (it starts with {head!r}; a proxy or login page?). "
+            f"{url} did not return a zip archive (it starts with {head!r}; a proxy or login page?).\n"
             + _advice(ds, dest)) from None
     out = []
     with zf:
@@ -222,7 +227,7 @@ def _extract_verified(ds: Dataset, archive: Path, tmp: Path, url: str,
         for i, m in enumerate(ds.members):
             if m.archive_path not in names:
                 raise DataNotFoundError(
-                    f"{url} has no member {m.archive_path!r} (it holds {sorted(names)[:10]}). "
+                    f"{url} has no member {m.archive_path!r} (it holds {sorted(names)[:10]}).\n"
                     + _advice(ds, dest))
             path = tmp / f"member-{i}"
             with zf.open(m.archive_path) as src, open(path, "wb") as dst:
@@ -252,10 +257,11 @@ def _layout(names) -> str:
 
 
 def _advice(ds: Dataset, dest: Path) -> str:
-    members = "; ".join(f"{m.archive_path} -> {dest / m.dest}" for m in ds.members)
-    return (f"What to do: either set {ENV_DATA}=/path/with/sst2/and/wikitext2 (a folder holding "
-            f"{_layout(DATASETS)}), or download {ds.url()} on a machine with internet access and "
-            f"unpack it so that {members}.")
+    members = "".join(f"\n       {m.archive_path} -> {dest / m.dest}" for m in ds.members)
+    return (f"What to do, either:\n"
+            f"  1. export {ENV_DATA}=/path/with/sst2/and/wikitext2  (a folder holding {_layout(DATASETS)})\n"
+            f"  2. or download {ds.url()} on a machine with internet access and unpack it so that:"
+            f"{members}")
 
 
 def _what_to_do(ds: Dataset, dest: Path, reason: str) -> str:

@@ -1,0 +1,177 @@
+"""`minillm`: the command line.
+
+    minillm demo                                   the main job: pretrain, zero-shot, fine-tune, report
+    minillm pretrain --preset tiny|mini|small --corpus FILE [FILE ...] --out DIR [--steps N] ...
+    minillm finetune --model DIR --train FILE --eval FILE --out DIR [--epochs E] [--lr LR] [--batch-size B]
+    minillm evaluate --model DIR --data FILE [--zero-shot]   last stdout line: {"accuracy": a, "n": n}
+    minillm predict  --model DIR TEXT [TEXT ...]
+    minillm bench                                  the kernel benchmark (benchmarks/kernels.py)
+
+Errors a user can act on (bad files, shapes, flags) are printed as one line `minillm: error: ...` with
+exit status 2, not as a traceback; set MINILLM_DEBUG=1 to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _add_backend(p):
+    p.add_argument("--backend", choices=("numpy", "numba", "cupy"), default=None,
+                   help="kernel backend (default: MINILLM_BACKEND or numba)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda runs the cupy kernels on a GPU (needs pip install -e '.[gpu]')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minillm", description="BERT from the softmax up: pretrain, fine-tune, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole journey on SST-2 + WikiText-2 in about 10 minutes")
+    p.add_argument("--out", default="runs/demo", help="where the models and the report go")
+    p.add_argument("--minutes", type=float, default=10.0, help="rough wall-time budget (default 10)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the budgeted pretraining steps")
+    p.add_argument("--finetune-steps", type=int, default=None, help="override the budgeted fine-tuning steps")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"))
+    p.add_argument("--data", default=None, help="folder with sst2/ and wikitext2/ (default: MINILLM_DATA, cache, download)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_backend(p)
+
+    p = sub.add_parser("pretrain", help="masked-language-model pretraining from random weights")
+    p.add_argument("--preset", default="mini", choices=("tiny", "mini", "small"))
+    p.add_argument("--corpus", nargs="+", required=True, help="plain-text files (one paragraph per line) or GLUE TSVs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--vocab", default=None, help="vocab.txt (or a folder with one); default: train WordPiece on the corpus")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=0, help="0: ten evaluations per run")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--whole-word", action="store_true", help="whole-word masking")
+    p.add_argument("--dense-head", action="store_true", help="score every position, not only the masked ones")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_backend(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint for sentence classification")
+    p.add_argument("--model", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--eval", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-steps", type=int, default=0, help="cap on optimizer steps (0: epochs decide)")
+    p.add_argument("--evals-per-epoch", type=int, default=1)
+    p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    _add_backend(p)
+
+    p = sub.add_parser("evaluate", help="accuracy, F1 and confusion matrix on a labelled TSV")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--zero-shot", action="store_true", help="score with the MLM head through a cloze prompt")
+    p.add_argument("--prompt", default=None, help="cloze prompt with {sentence} and [MASK]")
+    p.add_argument("--label-words", default=None,
+                   help="label words per class, classes separated by ';', words by ',' (e.g. 'bad,awful;good,great')")
+    _add_backend(p)
+
+    p = sub.add_parser("predict", help="label and probability for each text")
+    p.add_argument("--model", required=True)
+    p.add_argument("texts", nargs="+")
+    _add_backend(p)
+
+    p = sub.add_parser("bench", help="kernel benchmarks against PyTorch (see benchmarks/)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _setup_backend(args) -> None:
+    from . import set_backend
+
+    if getattr(args, "device", "cpu") == "cuda":
+        set_backend("cupy")
+        os.environ["MINILLM_DEVICE"] = "cuda"
+    elif getattr(args, "backend", None):
+        set_backend(args.backend)
+
+
+def run(args) -> int:
+    _setup_backend(args)
+    if args.command == "pretrain":
+        from .train.pretrain import PretrainArgs, pretrain
+
+        result = pretrain(PretrainArgs(
+            corpus=args.corpus, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+            seq_len=args.seq_len, seed=args.seed, lr=args.lr, vocab=args.vocab, vocab_size=args.vocab_size,
+            grad_accum=args.grad_accum, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+            whole_word=args.whole_word, resume=args.resume, sparse_head=not args.dense_head))
+        print(json.dumps(result))
+    elif args.command == "finetune":
+        from .train.finetune import FinetuneArgs, finetune
+
+        result = finetune(FinetuneArgs(
+            model=args.model, train=args.train, eval=args.eval, out=args.out, epochs=args.epochs, lr=args.lr,
+            batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, num_labels=args.num_labels,
+            max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, resume=args.resume))
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
+    elif args.command == "evaluate":
+        from .train.finetune import DEFAULT_LABEL_WORDS, DEFAULT_PROMPT, evaluate_path, evaluate_zero_shot
+
+        if args.zero_shot:
+            words = DEFAULT_LABEL_WORDS if not args.label_words else tuple(
+                tuple(w.strip() for w in group.split(",") if w.strip()) for group in args.label_words.split(";"))
+            result = evaluate_zero_shot(args.model, args.data, args.prompt or DEFAULT_PROMPT, words)
+        else:
+            result = evaluate_path(args.model, args.data)
+        print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1']:.4f}  n {result['n']}")
+        print("confusion (rows: true label, columns: predicted):")
+        for i, row in enumerate(result["confusion"]):
+            print(f"  {i}: " + " ".join(f"{c:6d}" for c in row))
+        print(json.dumps({"accuracy": result["accuracy"], "n": result["n"]}))
+    elif args.command == "predict":
+        from .train.finetune import predict
+
+        for r in predict(args.model, args.texts):
+            print(f"{r['label']}\t{r['probability']:.3f}\t{r['text']}")
+    elif args.command == "demo":
+        from .train.demo import DemoArgs, demo
+
+        demo(DemoArgs(out=args.out, minutes=args.minutes, pretrain_steps=args.pretrain_steps,
+                      finetune_steps=args.finetune_steps, preset=args.preset, data=args.data, seed=args.seed))
+    elif args.command == "bench":
+        import runpy
+        from pathlib import Path
+
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+        if not script.is_file():
+            raise FileNotFoundError(f"{script}: the benchmarks live in the source checkout, not in an installed wheel")
+        sys.argv = [str(script)] + args.rest
+        runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, KeyError, IndexError, RuntimeError, FloatingPointError) as e:
+        if os.environ.get("MINILLM_DEBUG"):
+            raise
+        print(f"minillm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minillm: interrupted (the last checkpoint is intact; rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

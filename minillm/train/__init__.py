@@ -1,0 +1,1 @@
+"""Training: the shared loop, MLM pretraining, fine-tuning and evaluation, the demo."""
