@@ -8,8 +8,8 @@ Two stages, as in the BERT paper (Devlin et al. 2019, sec. 3 and appendix A):
    combining marks, category Mn), and splits off every punctuation character as a word of its own.
 2. `WordpieceTokenizer` cuts each word into vocabulary pieces, greedily taking the longest prefix that is
    in the vocabulary, then the longest continuation written with a ``##`` prefix:
-   ``"unaffable" -> ["un", "##aff", "##able"]``. A word that cannot be covered, or that is longer than
-   100 characters, becomes one ``[UNK]``.
+   ``"embeddings" -> ["em", "##bed", "##ding", "##s"]`` (uncased BERT vocab). A word that cannot be covered, or
+   that is longer than 100 characters, becomes one ``[UNK]``.
 
 `BertTokenizer` glues the two together and adds what a model needs: ``[CLS] A [SEP] B [SEP]`` framing,
 ``token_type_ids`` (0 for sentence A, 1 for B), truncation, padding, ``attention_mask`` and NumPy
@@ -131,7 +131,7 @@ class BasicTokenizer:
 
     def tokenize(self, text):
         """Split `text` into words. ``"Héllo, WORLD!" -> ["hello", ",", "world", "!"]``."""
-        text = text.translate(self._clean)
+        text = unicodedata.normalize("NFC", text.translate(self._clean))
         out = []
         for word in text.split():
             pieces = self._word_cache.get(word)
@@ -361,7 +361,7 @@ class BertTokenizer:
         return self.ids_to_tokens[i] if 0 <= i < len(self.ids_to_tokens) else self.unk_token
 
     def convert_tokens_to_string(self, tokens):
-        """Join pieces back into words: ``["un", "##aff", "##able"] -> "unaffable"``."""
+        """Join pieces back into words: ``["em", "##bed", "##ding", "##s"] -> "embeddings"``."""
         return " ".join(tokens).replace(" ##", "").strip()
 
     def encode(self, text, text_pair=None, add_special_tokens=True, truncation=None, max_length=None):
@@ -373,8 +373,9 @@ class BertTokenizer:
         """Ids -> text. Lower-casing, accents and spacing around punctuation do not come back:
         ``decode(encode("Héllo , World!")) == "[CLS] hello, world! [SEP]"``."""
         text = self.convert_tokens_to_string(self.convert_ids_to_tokens(ids, skip_special_tokens))
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
-        if clean:
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if clean_up_tokenization_spaces:
             for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
                                   (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
                 text = text.replace(before, after)
@@ -428,7 +429,8 @@ class BertTokenizer:
         rows = [self._encode_one(a, b, add_special_tokens, truncation, max_length) for a, b in zip(texts, pairs)]
 
         if padding:
-            width = max_length if padding == "max_length" else max((len(r[0]) for r in rows), default=0)
+            longest = max((len(r[0]) for r in rows), default=0)
+            width = max_length if padding == "max_length" and max_length is not None else longest
             pad = self.pad_token_id
             rows = [(ids + [pad] * (width - len(ids)), tt + [0] * (width - len(ids)),
                      [1] * len(ids) + [0] * (width - len(ids))) for ids, tt in rows]
@@ -454,7 +456,7 @@ class BertTokenizer:
         b = None if pair is None else self.convert_tokens_to_ids(self.tokenize(pair))
         n_special = (2 if b is None else 3) if add_special_tokens else 0
         excess = len(a) + len(b or ()) + n_special - (max_length or 0)
-        if truncation and excess > 0:
+        if truncation and max_length is not None and excess > 0:  # model_max_length=None: no limit
             a, b = self._truncate(a, b, excess, truncation, max_length, n_special)
         if add_special_tokens:
             cls, sep = [self.cls_token_id], [self.sep_token_id]

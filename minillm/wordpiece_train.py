@@ -21,7 +21,8 @@ merge touches, so a heap with lazy updates finds the best pair in O(log P). tran
 lexicographically smallest pair (a, b), so the result is deterministic.
 
 The cost per merge is proportional to the words that contain the pair (found through an index pair ->
-words), not to the corpus: about 20 s for 8,000 tokens on 6 MB of text on one core.
+words), not to the corpus. Measured: 8,000 tokens from 6 MB of text (WikiText-2 valid + test and the SST-2
+training sentences, 23k distinct words) in about 5 s on one core, counting words included.
 
 Not here: byte-level fallback, an alphabet limit, a progress bar.
 """

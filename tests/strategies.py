@@ -39,3 +39,32 @@ def masks(draw, shape, p_masked=None):
 
 def rng_from(draw):
     return np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+
+# --- text for tokenizer tests --------------------------------------------------------------------------
+# Pieces chosen to hit each rule of BERT's basic tokenizer: accents (composed and decomposed), CJK,
+# emoji (with joiners and skin tones), control and format characters, zero-width and odd whitespace,
+# punctuation runs and ASCII symbols, special tokens written in the text, mixed case. All are from
+# Unicode <= 9 so that any Unicode database (Python's, the Rust `tokenizers`') classifies them alike;
+# GREEK CAPITAL SIGMA is left out on purpose (its lower case depends on the position in the word).
+HARD_TEXT_PIECES = (
+    "café", "cafe\u0301", "Élan", "naïve", "Ångström", "\u212b", "ﬁne", "İstanbul", "straße", "ẞ", "Øre",
+    "日本語", "中文字", "\uf900", "テキスト", "한국어", "😀", "👍🏽", "👩\u200d💻", "🇫🇷",
+    "\x00", "\x07", "\x7f", "\ufffd", "\u200b", "\u200d", "\ufeff", "\u00ad",
+    " ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", "\u2028", "\x1c",
+    "...", "?!", "--", "«»", "“quoted”", "$^`|~+<=>", "¿¡", "#", "##", "@user", "e-mail", "don't",
+    "[MASK]", "[CLS]", "[mask]", "[SEP][PAD]", "[UNK", "HeLLo", "WORLD", "iPhone", "x1y2", "123,456.7",
+    "a\u1fefb", "\u037e", "Ǆ",
+)
+
+
+@st.composite
+def hard_texts(draw, any_unicode=True):
+    """A string glued from HARD_TEXT_PIECES, words of 95-160 letters, and (if any_unicode) arbitrary text."""
+    word = [st.sampled_from(HARD_TEXT_PIECES), st.text("abcXYZé", min_size=95, max_size=160),
+            st.text("abcdefghij", min_size=1, max_size=8)]
+    if any_unicode:
+        word.append(st.text(st.characters(exclude_categories=("Cs",)), max_size=10))
+    parts = draw(st.lists(st.tuples(st.one_of(*word), st.sampled_from(["", " ", "  ", "\t", "\u00a0"])),
+                          max_size=10))
+    return "".join(w + sep for w, sep in parts)
