@@ -40,6 +40,10 @@ def get(name: str = "numpy") -> SimpleNamespace:
     """Return the kernel namespace of backend `name` ("numpy", "numba" or "cupy")."""
     if name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    if name == "cupy":
+        from ._cuda import require_cupy
+
+        require_cupy()  # fail here, with the install hint, not inside the first forward pass
     if name not in _cache:
         functions = {"backend": name}
         for family, names in CONTRACT.items():

@@ -1,0 +1,39 @@
+"""GELU on the GPU: the CuPy launcher of gelu.cu (backend "cupy" of the kernel contract).
+
+    gelu_fwd(x) -> y        y = 0.5 x (1 + erf(x / sqrt(2)))        (exact form, as BERT)
+    gelu_bwd(x, dy) -> dx   dx = dy (Phi(x) + x phi(x))
+
+Any shape; elementwise. Importing this module needs neither CuPy nor a GPU.
+"""
+from __future__ import annotations
+
+from kernels._cuda import as_f32, cdiv, cu_path, get_kernel, i64, require_cupy
+
+_CU = cu_path(__file__, "gelu")
+THREADS = 256
+MAX_BLOCKS = 65536  # the grid-stride loop covers the rest; enough blocks to fill any current GPU
+
+
+def _grid(n):
+    return (min(cdiv(n, THREADS), MAX_BLOCKS),)
+
+
+def gelu_fwd(x):
+    """Exact GELU of a float32 CuPy array, elementwise."""
+    cp = require_cupy()
+    x = as_f32("gelu_fwd", "x", x)
+    y = cp.empty_like(x)
+    if x.size:
+        get_kernel(_CU, "gelu_fwd")(_grid(x.size), (THREADS,), (x, y, i64(x.size)))
+    return y
+
+
+def gelu_bwd(x, dy):
+    """Gradient of exact GELU: dx = dy * (Phi(x) + x * phi(x))."""
+    cp = require_cupy()
+    x = as_f32("gelu_bwd", "x", x)
+    dy = as_f32("gelu_bwd", "dy", dy, shape=x.shape)
+    dx = cp.empty_like(x)
+    if x.size:
+        get_kernel(_CU, "gelu_bwd")(_grid(x.size), (THREADS,), (x, dy, dx, i64(x.size)))
+    return dx
