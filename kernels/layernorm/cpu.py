@@ -1,0 +1,203 @@
+"""Layer norm over the last axis on the CPU, in Numba: the numbered versions and the winner.
+
+Versions (each checked against reference.py by the tests and by benchmarks/kernels.py):
+
+    layernorm_fwd
+        v1  naive: per row a mean pass, a variance pass and a normalize pass with serial float sums
+            (a chain of dependent adds: one every ~4 cycles).
+        v2  the same two-pass statistics (two-pass is exact for a constant row, unlike E[x^2] - E[x]^2),
+            with 8-lane reductions (sum8/dot8), so all three passes vectorize. The winner.
+    layernorm_bwd
+        v1  naive: dx per row in prange with serial sums; dweight/dbias in a separate single-threaded loop
+            over all rows (correct and deterministic but a second full read of dy and x, on one core).
+        v2  fused: one pass over each row computes dx and accumulates dy*xhat and dy into per-chunk partial
+            sums (chunks of CHUNK rows, fixed size, so the sums are identical whatever the thread count);
+            then the (n_chunks, C) partials are reduced in a fixed order. No races, deterministic. The winner.
+
+Inputs are converted to float32 C-contiguous arrays in the Python wrapper and viewed as (N, C) rows;
+shape mismatches raise ValueError naming the op and the shapes. Outputs are float32.
+Tip: NUMBA_DISABLE_JIT=1 runs these kernels as Python for stepping through in a debugger.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.fastexp import dot8, sum8
+
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+CHUNK = 32  # rows per partial sum in the backward: fixed, so results do not depend on the thread count
+
+
+@njit(cache=True, parallel=True)
+def _fwd_v1(x, w, b, eps, y, mean, rstd):
+    N, C = x.shape
+    for i in prange(N):
+        s = ZERO
+        for c in range(C):
+            s += x[i, c]
+        mu = s / np.float32(C)
+        ss = ZERO
+        for c in range(C):
+            d = x[i, c] - mu
+            ss += d * d
+        r = ONE / np.sqrt(ss / np.float32(C) + eps)
+        for c in range(C):
+            y[i, c] = (x[i, c] - mu) * r * w[c] + b[c]
+        mean[i] = mu
+        rstd[i] = r
+
+
+@njit(cache=True, parallel=True)
+def _fwd_v2(x, w, b, eps, y, mean, rstd):
+    N, C = x.shape
+    for i in prange(N):
+        xr, yr = x[i], y[i]  # (C,) views
+        mu = sum8(xr) / np.float32(C)
+        for c in range(C):  # centred row, parked in y (in L1) for the variance
+            yr[c] = xr[c] - mu
+        r = ONE / np.sqrt(dot8(yr, yr) / np.float32(C) + eps)
+        for c in range(C):
+            yr[c] = yr[c] * r * w[c] + b[c]
+        mean[i] = mu
+        rstd[i] = r
+
+
+@njit(cache=True, parallel=True)
+def _bwd_dx_v1(dy, x, w, mean, rstd, dx):
+    N, C = x.shape
+    for i in prange(N):
+        sg = ZERO
+        sgx = ZERO
+        for c in range(C):
+            g = dy[i, c] * w[c]
+            sg += g
+            sgx += g * (x[i, c] - mean[i]) * rstd[i]
+        sg /= np.float32(C)
+        sgx /= np.float32(C)
+        for c in range(C):
+            xhat = (x[i, c] - mean[i]) * rstd[i]
+            dx[i, c] = rstd[i] * (dy[i, c] * w[c] - sg - xhat * sgx)
+
+
+@njit(cache=True)
+def _bwd_dwdb_v1(dy, x, mean, rstd, dw, db):
+    N, C = x.shape
+    for i in range(N):
+        for c in range(C):
+            dw[c] += dy[i, c] * (x[i, c] - mean[i]) * rstd[i]
+            db[c] += dy[i, c]
+
+
+def _bwd_v1(dy, x, w, mean, rstd, dx, dw, db):
+    _bwd_dx_v1(dy, x, w, mean, rstd, dx)
+    _bwd_dwdb_v1(dy, x, mean, rstd, dw, db)
+
+
+@njit(cache=True, inline="always")
+def _dot3(a, b, d):
+    """sum_c a[c] * b[c] * d[c] with 8 lanes (see kernels.fastexp.sum8)."""
+    n = a.shape[0]
+    n8 = n - n % 8
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
+    for j in range(0, n8, 8):
+        a0 += a[j] * b[j] * d[j]
+        a1 += a[j + 1] * b[j + 1] * d[j + 1]
+        a2 += a[j + 2] * b[j + 2] * d[j + 2]
+        a3 += a[j + 3] * b[j + 3] * d[j + 3]
+        a4 += a[j + 4] * b[j + 4] * d[j + 4]
+        a5 += a[j + 5] * b[j + 5] * d[j + 5]
+        a6 += a[j + 6] * b[j + 6] * d[j + 6]
+        a7 += a[j + 7] * b[j + 7] * d[j + 7]
+    for j in range(n8, n):
+        a0 += a[j] * b[j] * d[j]
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@njit(cache=True, parallel=True)
+def _bwd_v2(dy, x, w, mean, rstd, dx, dw, db):
+    N, C = x.shape
+    n_chunks = (N + CHUNK - 1) // CHUNK
+    dw_part = np.zeros((n_chunks, C), np.float32)  # one row of partial sums per chunk of rows: no sharing
+    db_part = np.zeros((n_chunks, C), np.float32)
+    for k in prange(n_chunks):
+        dwk, dbk = dw_part[k], db_part[k]
+        for i in range(k * CHUNK, min(N, (k + 1) * CHUNK)):
+            xr, dyr, dxr = x[i], dy[i], dx[i]
+            mu, r = mean[i], rstd[i]
+            for c in range(C):  # park xhat in dx's row (in L1) and accumulate the weight/bias partials
+                xh = (xr[c] - mu) * r
+                dxr[c] = xh
+                dwk[c] += dyr[c] * xh
+                dbk[c] += dyr[c]
+            # mean_c(g) and mean_c(g * xhat) with g = dy * w, each with 8 lanes
+            sg = dot8(dyr, w) / np.float32(C)
+            sgx = _dot3(dyr, w, dxr) / np.float32(C)
+            for c in range(C):
+                dxr[c] = r * (dyr[c] * w[c] - sg - dxr[c] * sgx)
+    for k in range(n_chunks):  # fixed-order reduction of the partials: deterministic
+        for c in range(C):
+            dw[c] += dw_part[k, c]
+            db[c] += db_part[k, c]
+
+
+
+
+# ---- thin Python wrappers: validate, convert, reshape; never let bad input reach compiled code
+
+
+def _f32(a, op, name):
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{op}: {name} must hold real numbers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _make_fwd(kernel):
+    def layernorm_fwd(x, weight, bias, eps):
+        """(y, mean, rstd) of layer norm over the last axis; see reference.py for the math."""
+        x, w, b = (_f32(a, "layernorm_fwd", n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
+        if x.ndim < 1 or w.shape != x.shape[-1:] or b.shape != x.shape[-1:]:
+            raise ValueError(
+                f"layernorm_fwd: x has shape {x.shape}, so weight and bias must be {x.shape[-1:]}; "
+                f"got weight {w.shape}, bias {b.shape}"
+            )
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)  # (..., C) -> (N, C)
+        y = np.empty_like(x2)
+        mean = np.empty(x2.shape[0], np.float32)
+        rstd = np.empty(x2.shape[0], np.float32)
+        kernel(x2, w, b, np.float32(eps), y, mean, rstd)
+        return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+    return layernorm_fwd
+
+
+def _make_bwd(kernel):
+    def layernorm_bwd(dy, x, weight, mean, rstd):
+        """(dx, dweight, dbias) of layer norm; see reference.py for the derivation."""
+        names = ("dy", "x", "weight", "mean", "rstd")
+        dy, x, w, mean, rstd = (_f32(a, "layernorm_bwd", n) for a, n in zip((dy, x, weight, mean, rstd), names))
+        if x.ndim < 1 or dy.shape != x.shape or w.shape != x.shape[-1:] or mean.shape != x.shape[:-1] \
+                or rstd.shape != x.shape[:-1]:
+            raise ValueError(
+                f"layernorm_bwd: shapes do not fit together: dy {dy.shape}, x {x.shape}, weight {w.shape}, "
+                f"mean {mean.shape}, rstd {rstd.shape} (want dy = x = (..., C), weight (C,), mean = rstd = (...))"
+            )
+        C = x.shape[-1]
+        dx = np.empty((x.size // max(C, 1), C), np.float32)
+        dw = np.zeros(C, np.float32)
+        db = np.zeros(C, np.float32)
+        kernel(dy.reshape(-1, C), x.reshape(-1, C), w, mean.reshape(-1), rstd.reshape(-1), dx, dw, db)
+        return dx.reshape(x.shape), dw, db
+
+    return layernorm_bwd
+
+
+VERSIONS = {
+    "layernorm_fwd": {"v1": _make_fwd(_fwd_v1), "v2": _make_fwd(_fwd_v2)},
+    "layernorm_bwd": {"v1": _make_bwd(_bwd_v1), "v2": _make_bwd(_bwd_v2)},
+}
+layernorm_fwd = VERSIONS["layernorm_fwd"]["v2"]
+layernorm_bwd = VERSIONS["layernorm_bwd"]["v2"]

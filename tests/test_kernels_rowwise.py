@@ -1,0 +1,408 @@
+"""Row-wise kernels (softmax, layernorm, gelu, cross_entropy, adamw): every backend against the reference.
+
+The reference (kernels/<family>/reference.py) runs in float64 on the same float32 inputs; each backend
+runs on float32. Tolerances are stated where they are used. Mostly they are *norm-relative*: an error is
+compared with rtol * max|want|, because float32 sums of C terms legitimately err by ~C * 6e-8 of the largest
+term, not of each entry. Also: properties (rows sum to 1 / 0, shift invariance, mean 0 / var 1), every
+numbered Numba version, the version registries against the docstrings, bad inputs, and finite-difference
+checks of the reference backward passes.
+"""
+import importlib
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from kernels.testing import assert_close
+from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, masks, rng_from
+
+FAMILIES = ("softmax", "layernorm", "gelu", "cross_entropy", "adamw")
+MODULE = {"numpy": "reference", "numba": "cpu", "cupy": "gpu"}
+
+
+def ops(backend, family):
+    """The module of one kernel family for one backend (not kernels.get, so attention is not needed here)."""
+    return importlib.import_module(f"kernels.{family}.{MODULE[backend]}")
+
+
+def host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def dev(backend, a):
+    if backend == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    return a
+
+
+def close(got, want, tol, name, floor=0.0):
+    """Norm-relative comparison: |got - want| <= tol * (|want| + max(max|want|, floor)).
+
+    `floor` is the size of the terms that were summed, for results that cancel to ~0 (e.g. a gradient
+    that should vanish): rounding error is relative to the terms, not to their tiny sum.
+    """
+    got, want = host(got), np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max(initial=0.0)), floor, 1e-30)
+    assert_close(got, want, atol=tol * scale, rtol=tol, name=name)
+
+
+def ref(family):
+    return importlib.import_module(f"kernels.{family}.reference")
+
+
+f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+
+# The `backend` fixture is only a name (a string): nothing to reset between hypothesis examples.
+FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------- softmax
+
+@FIXTURE_OK
+@given(st.data(), SMALL_DIMS, ODD_DIMS, st.booleans())
+def test_softmax_fwd_bwd_matches_reference(backend, data, n, L, use_mask):
+    x = data.draw(arrays((n, L)))
+    mask = data.draw(masks((n, L))) if use_mask else None
+    k = ops(backend, "softmax")
+    y = host(k.softmax_fwd(dev(backend, x), None if mask is None else dev(backend, mask)))
+    want = ref("softmax").softmax_fwd(f64(x), mask)
+    # 1e-5: fast exp (8e-8 rel) + float32 rounding of x - max (6e-8 * |x - max|, |x - max| <= ~17 where
+    # a probability is above 1e-7) + the float32 row sum; y <= 1, so this is ~100 float32 ulps of 1.
+    close(y, want, 1e-5, "softmax_fwd")
+    kept = want.sum(-1) > 0  # rows with at least one kept entry sum to 1; fully masked rows are exactly 0
+    np.testing.assert_allclose(y.sum(-1)[kept], 1.0, atol=L * 1e-7)  # L float32 roundings of terms <= 1
+    assert (y[~kept] == 0).all() and not np.isnan(y).any()
+
+    dy = rng_from(data.draw).standard_normal((n, L)).astype(np.float32)
+    dx = host(k.softmax_bwd(dev(backend, y), dev(backend, dy)))
+    # one dot of L float32 terms, each at most max|dy| (y <= 1)
+    close(dx, ref("softmax").softmax_bwd(f64(y), f64(dy)), 1e-5, "softmax_bwd", floor=np.abs(dy).max())
+    np.testing.assert_allclose(dx.sum(-1), 0.0, atol=1e-5 * max(1.0, np.abs(dy).max()) * (1 + L / 8))
+
+
+@FIXTURE_OK
+@given(st.data(), SMALL_DIMS, ODD_DIMS)
+def test_softmax_shift_invariant(backend, data, n, L):
+    x = data.draw(arrays((n, L), kind="normal"))
+    c = rng_from(data.draw).uniform(-50, 50, (n, 1)).astype(np.float32)
+    k = ops(backend, "softmax")
+    # 2e-5: x + c is rounded in float32 (ulp of 50 is 4e-6 absolute), which moves each exp by up to ~4e-6
+    close(k.softmax_fwd(dev(backend, x + c)), host(k.softmax_fwd(dev(backend, x))), 2e-5, "shifted softmax")
+
+
+def test_softmax_broadcast_padding_mask(backend):
+    """A (B, 1, 1, T) padding mask over (B, H, T, T) scores, including a sequence with no real token."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 5, 7)).astype(np.float32)
+    mask = np.ones((3, 1, 1, 7), bool)
+    mask[1, ..., 4:] = False
+    mask[2] = False
+    y = host(ops(backend, "softmax").softmax_fwd(dev(backend, x), dev(backend, mask)))
+    close(y, ref("softmax").softmax_fwd(f64(x), mask), 1e-5, "masked softmax")  # as above
+    assert (y[2] == 0).all() and (y[1, ..., 4:] == 0).all()
+
+
+# ---------------------------------------------------------------- layer norm
+
+@FIXTURE_OK
+@given(st.data(), SMALL_DIMS, SMALL_DIMS, ODD_DIMS, st.sampled_from([1e-12, 1e-5]))
+def test_layernorm_matches_reference(backend, data, a, b, C, eps):
+    kind = data.draw(st.sampled_from(["normal", "extreme", "tiny"]))
+    x = data.draw(arrays((a, b, C), kind=kind))
+    rng = rng_from(data.draw)
+    w, bias = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    k, r = ops(backend, "layernorm"), ref("layernorm")
+    y, mean, rstd = (host(t) for t in k.layernorm_fwd(*(dev(backend, t) for t in (x, w, bias)), eps))
+    Y, M, R = r.layernorm_fwd(f64(x), f64(w), f64(bias), eps)
+    # 2e-4 norm-relative: mean and variance are float32 sums of C <= 127 terms (~C * 6e-8 = 8e-6 relative);
+    # xhat = (x - mean) * rstd then loses up to a few digits more when the row's spread is small versus
+    # its mean ("tiny" rows with eps = 1e-12); y, dx stay finite and close at the row's scale.
+    close(y, Y, 2e-4, "layernorm y")
+    close(mean, M, 2e-4, "layernorm mean")
+    close(rstd, R, 2e-4, "layernorm rstd")
+    dx, dw, db = (host(t) for t in k.layernorm_bwd(*(dev(backend, t) for t in (dy, x, w, mean, rstd))))
+    DX, DW, DB = r.layernorm_bwd(f64(dy), f64(x), f64(w), M, R)
+    # the same error budget as y, through the same xhat; floors: the size of the summed terms
+    xhat = (f64(x) - M[..., None]) * R[..., None]
+    close(dx, DX, 2e-4, "layernorm dx", floor=R.max() * np.abs(dy * w).max())
+    close(dw, DW, 2e-4, "layernorm dweight", floor=np.abs(dy * xhat).sum((0, 1)).max())  # + a*b <= 169 rows
+    close(db, DB, 2e-4, "layernorm dbias", floor=np.abs(dy).sum((0, 1)).max())
+
+
+@FIXTURE_OK
+@given(st.data(), SMALL_DIMS, st.sampled_from([7, 64, 127]))
+def test_layernorm_unit_weight_gives_mean0_var1(backend, data, n, C):
+    x = data.draw(arrays((n, C), kind="normal"))
+    ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
+    y, _, _ = ops(backend, "layernorm").layernorm_fwd(*(dev(backend, t) for t in (x, ones, zeros)), 1e-12)
+    y = host(y).astype(np.float64)
+    if C > 1 and x.std(-1).min() > 1e-3:  # a (nearly) constant row has variance 0 by definition
+        np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)  # float32 rounding of C values ~1
+        np.testing.assert_allclose(y.var(-1), 1.0, rtol=1e-4)  # ditto, squared
+
+
+def test_layernorm_constant_row_is_finite(backend):
+    x = np.full((3, 13), 0.7, np.float32)
+    w, b = np.ones(13, np.float32), np.linspace(-1, 1, 13).astype(np.float32)
+    y, mean, rstd = (host(t) for t in ops(backend, "layernorm").layernorm_fwd(x, w, b, 1e-5))
+    assert np.isfinite(y).all() and np.isfinite(rstd).all()
+    # with eps = 1e-5, float32's one-ulp error in the mean (6e-8) times rstd (316) moves xhat by ~2e-5
+    np.testing.assert_allclose(y, np.broadcast_to(b, y.shape), atol=1e-4)
+
+
+def test_layernorm_bwd_is_deterministic():
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((2, 1000, 96)).astype(np.float32)
+    w = rng.standard_normal(96).astype(np.float32)
+    k = ops("numba", "layernorm")
+    _, mean, rstd = k.layernorm_fwd(x, w, w, 1e-5)
+    first = k.layernorm_bwd(dy, x, w, mean, rstd)
+    for _ in range(3):
+        for a, b in zip(first, k.layernorm_bwd(dy, x, w, mean, rstd)):
+            np.testing.assert_array_equal(a, b)  # bitwise: fixed chunks, fixed reduction order
+
+
+# ---------------------------------------------------------------- gelu
+
+@FIXTURE_OK
+@given(st.data(), SMALL_DIMS, ODD_DIMS)
+def test_gelu_matches_reference(backend, data, n, L):
+    x = data.draw(arrays((n, L)))
+    dy = rng_from(data.draw).standard_normal(x.shape).astype(np.float32)
+    k, r = ops(backend, "gelu"), ref("gelu")
+    # atol 1e-6 + rtol 2e-5: the erfc approximation is 1.2e-7 relative, but the float32 z*z in its exponent
+    # costs ~6e-8 * z^2 relative (8e-6 at x = -12, where gelu ~ 1e-32 anyway); near x = 0 the product
+    # x * Phi(x) is tiny, so an absolute floor of 1e-6 (float32 ulp of ~8) covers values of order 1.
+    assert_close(host(k.gelu_fwd(dev(backend, x))), r.gelu_fwd(f64(x)), atol=1e-6, rtol=2e-5, name="gelu_fwd")
+    want = r.gelu_bwd(f64(x), f64(dy))
+    assert_close(host(k.gelu_bwd(dev(backend, x), dev(backend, dy))), want, atol=1e-6, rtol=2e-5, name="gelu_bwd")
+
+
+# ---------------------------------------------------------------- cross-entropy
+
+@FIXTURE_OK
+@given(st.data(), st.sampled_from([1, 2, 5, 13]), st.sampled_from([1, 2, 7, 31, 1000]), st.booleans())
+def test_cross_entropy_matches_reference(backend, data, N, V, ignore_some):
+    z = data.draw(arrays((N, V), kind=data.draw(st.sampled_from(["normal", "extreme", "constant"]))))
+    rng = rng_from(data.draw)
+    t = rng.integers(0, V, N)
+    if ignore_some:
+        t[rng.random(N) < 0.5] = -100
+    k, r = ops(backend, "cross_entropy"), ref("cross_entropy")
+    loss, lse = k.cross_entropy_fwd(dev(backend, z), dev(backend, t))
+    LOSS, LSE = r.cross_entropy_fwd(f64(z), t)
+    assert isinstance(loss, float)
+    # 1e-5 of max|lse|: lse = max + log(sum of V <= 1000 float32 exps, each 8e-8 relative); for the loss the
+    # same absolute error against max|lse| (the loss is a difference lse - z_t and can be near 0).
+    close(lse, LSE, 1e-5, "lse")
+    assert abs(loss - LOSS) <= 1e-5 * max(1.0, np.abs(LSE).max()), (loss, LOSS)
+    dz = k.cross_entropy_bwd(dev(backend, z), dev(backend, t), lse, 0.7)
+    # probabilities as in softmax, plus: exp(z - lse) with lse rounded to float32 (ulp ~ 6e-8 * |lse|, i.e.
+    # 6e-4 for logits ~ 1e4) moves every probability by that much relative; torch in float32 does the same
+    tol = 1e-5 + 1.2e-7 * np.abs(LSE).max()
+    close(dz, r.cross_entropy_bwd(f64(z), t, LSE, 0.7), tol, "dlogits")
+
+
+def test_cross_entropy_all_ignored_is_zero(backend):
+    z = np.random.default_rng(0).standard_normal((4, 9)).astype(np.float32)
+    t = np.full(4, -100)
+    k = ops(backend, "cross_entropy")
+    loss, lse = k.cross_entropy_fwd(dev(backend, z), dev(backend, t))
+    assert loss == 0.0
+    assert (host(k.cross_entropy_bwd(dev(backend, z), dev(backend, t), lse, 1.0)) == 0).all()
+
+
+# ---------------------------------------------------------------- adamw
+
+@FIXTURE_OK
+@given(st.data(), st.sampled_from([(1,), (7,), (3, 65), (1000, 13)]), st.sampled_from([0.0, 0.01]))
+def test_adamw_matches_reference(backend, data, shape, wd):
+    rng = rng_from(data.draw)
+    p = rng.standard_normal(shape).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    P, M, Vv = f64(p).copy(), f64(m).copy(), f64(v).copy()
+    pd, md, vd = dev(backend, p), dev(backend, m), dev(backend, v)
+    for step in range(1, 4):
+        g = rng.standard_normal(shape).astype(np.float32)
+        ops(backend, "adamw").adamw_step(pd, dev(backend, g), md, vd, 1e-2, 0.9, 0.999, 1e-8, wd, step)
+        ref("adamw").adamw_step(P, f64(g), M, Vv, 1e-2, 0.9, 0.999, 1e-8, wd, step)
+    # 1e-6 absolute on |p| ~ 1: three updates of size <= lr = 1e-2, each exact to float32 rounding (~1e-9),
+    # plus the rounding of p itself (6e-8 * |p|, |p| < 6)
+    assert_close(host(pd), P, atol=1e-6, rtol=1e-6, name="param")
+    assert_close(host(md), M, atol=1e-6, rtol=1e-6, name="m")
+    assert_close(host(vd), Vv, atol=1e-6, rtol=1e-6, name="v")
+
+
+def test_adamw_reference_matches_torch():
+    torch = pytest.importorskip("torch", reason="torch (the test oracle) is not installed")
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal((5, 6)).astype(np.float32)
+    pt = torch.tensor(p.copy(), requires_grad=True)
+    opt = torch.optim.AdamW([pt], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, foreach=False)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for step in range(1, 6):
+        g = rng.standard_normal(p.shape).astype(np.float32)
+        pt.grad = torch.tensor(g)
+        opt.step()
+        ops("numba", "adamw").adamw_step(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.1, step)
+    # 1e-6: same formula in the same order, both float32; only the rounding of the scalar folding differs
+    assert_close(p, pt.detach().numpy(), atol=1e-6, rtol=1e-6, name="param vs torch")
+
+
+# ---------------------------------------------------------------- every numbered version, and the registries
+
+def _cases(rng):
+    x = rng.standard_normal((37, 65)).astype(np.float32)
+    mask = rng.random((37, 65)) > 0.3
+    mask[3] = False
+    w, b = rng.standard_normal(65).astype(np.float32), rng.standard_normal(65).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    t = rng.integers(0, 65, 37)
+    t[::4] = -100
+    _, mean, rstd = ref("layernorm").layernorm_fwd(x, w, b, 1e-5)
+    y = ref("softmax").softmax_fwd(x, mask)
+    lse = ref("cross_entropy").cross_entropy_fwd(x, t)[1]
+    return {
+        "softmax_fwd": (x, mask),
+        "softmax_bwd": (y, dy),
+        "layernorm_fwd": (x, w, b, 1e-5),
+        "layernorm_bwd": (dy, x, w, mean, rstd),
+        "gelu_fwd": (x,),
+        "gelu_bwd": (x, dy),
+        "cross_entropy_fwd": (x, t),
+        "cross_entropy_bwd": (x, t, lse, 1.5),
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_version_matches_reference(family):
+    cpu, r = ops("numba", family), ref(family)
+    args = _cases(np.random.default_rng(7))
+    for fn, versions in cpu.VERSIONS.items():
+        for name, version in versions.items():
+            if fn == "adamw_step":
+                rng = np.random.default_rng(0)
+                p, g = rng.standard_normal((2, 300)).astype(np.float32)
+                m, v = np.zeros_like(p), np.zeros_like(p)
+                P, M, V = f64(p), f64(m), f64(v)
+                version(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1)
+                r.adamw_step(P, f64(g), M, V, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1)
+                got, want = (p, m, v), (P, M, V)
+            else:
+                a = args[fn]
+                got = version(*a)
+                want = getattr(r, fn)(*(f64(t) if isinstance(t, np.ndarray) and t.dtype == np.float32 else t for t in a))
+            got = got if isinstance(got, tuple) else (got,)
+            want = want if isinstance(want, tuple) else (want,)
+            for i, (g_, w_) in enumerate(zip(got, want)):
+                if isinstance(w_, float):
+                    assert abs(g_ - w_) < 1e-5 * max(1, abs(w_)), (fn, name)  # loss: see the CE test
+                else:
+                    close(g_, w_, 5e-5, f"{family}.{fn}.{name}[{i}]")  # the loosest tolerance used above,
+                    # naive versions (serial float32 sums) sit at the edge of it for 65-term rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_registry_matches_docstring(family):
+    """The versions listed in cpu.py's docstring are exactly the keys of VERSIONS, per contract function."""
+    cpu = ops("numba", family)
+    listed, current = {}, []
+    for line in cpu.__doc__.splitlines():
+        names = [n.strip() for n in line.split("/")]
+        if line.startswith("    ") and all(n in cpu.VERSIONS for n in names):  # heading, e.g. "gelu_fwd / gelu_bwd"
+            current = names
+        m = re.match(r"^ {8}(v\d+)  ", line)  # a version line under the current heading
+        if m:
+            for fn in current:
+                listed.setdefault(fn, set()).add(m.group(1))
+    assert listed == {fn: set(v) for fn, v in cpu.VERSIONS.items()}
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_inputs_numba():
+    k = {f: ops("numba", f) for f in FAMILIES}
+    x64 = np.random.default_rng(0).standard_normal((4, 6))
+    y = k["softmax"].softmax_fwd(x64)  # float64 -> converted to float32
+    assert y.dtype == np.float32
+    close(y, ref("softmax").softmax_fwd(x64), 1e-5, "float64 input")
+    close(k["softmax"].softmax_fwd(np.arange(6).reshape(2, 3)), ref("softmax").softmax_fwd(np.arange(6.0).reshape(2, 3)),
+          1e-5, "int input")
+    nc = np.asfortranarray(x64.astype(np.float32))[:, ::2]  # non-contiguous view
+    close(k["gelu"].gelu_fwd(nc), ref("gelu").gelu_fwd(f64(nc)), 1e-5, "non-contiguous")
+    with pytest.raises(ValueError, match="softmax_fwd.*mask"):
+        k["softmax"].softmax_fwd(x64, np.ones((3, 6), bool))
+    with pytest.raises(ValueError, match="softmax_fwd.*real numbers"):
+        k["softmax"].softmax_fwd(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match=r"softmax_bwd.*\(4, 6\).*\(4, 5\)"):
+        k["softmax"].softmax_bwd(x64, x64[:, :5])
+    with pytest.raises(ValueError, match="layernorm_fwd.*weight"):
+        k["layernorm"].layernorm_fwd(x64, np.ones(5), np.ones(6), 1e-5)
+    with pytest.raises(ValueError, match="layernorm_bwd"):
+        k["layernorm"].layernorm_bwd(x64, x64, np.ones(6), np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="gelu_bwd"):
+        k["gelu"].gelu_bwd(x64, x64.T)
+    with pytest.raises(ValueError, match=r"cross_entropy_fwd.*targets\[1\] = 6"):
+        k["cross_entropy"].cross_entropy_fwd(x64, np.array([0, 6, 1, -100]))
+    with pytest.raises(ValueError, match="cross_entropy_fwd.*integers"):
+        k["cross_entropy"].cross_entropy_fwd(x64, np.zeros(4))
+    with pytest.raises(ValueError, match="cross_entropy_bwd.*lse"):
+        k["cross_entropy"].cross_entropy_bwd(x64, np.zeros(4, int), np.zeros(3), 1.0)
+    p = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="adamw_step.*float32"):
+        k["adamw"].adamw_step(p.astype(np.float64), p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="adamw_step.*shape"):
+        k["adamw"].adamw_step(p, p[:4], p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="adamw_step.*1-based"):
+        k["adamw"].adamw_step(p, p, p.copy(), p.copy(), 1e-3, 0.9, 0.999, 1e-8, 0.0, 0)
+
+
+# ---------------------------------------------------------------- reference backward vs finite differences
+
+def _fd(f, x, h=1e-6):
+    """Central differences of the scalar f at x (float64): error O(h^2 f''') + O(eps / h) ~ 1e-9."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        fp = f()
+        x[i] = old - h
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+FD_TOL = dict(atol=1e-7, rtol=1e-6)  # central differences with h = 1e-6 in float64 are good to ~1e-9
+
+
+def test_finite_differences_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5))
+    c = rng.standard_normal((3, 5))  # loss = sum(c * f(x)) so that dy = c
+    mask = np.array([[1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+    sm = ref("softmax")
+    y = sm.softmax_fwd(x, mask)
+    assert_close(sm.softmax_bwd(y, c), _fd(lambda: (c * sm.softmax_fwd(x, mask)).sum(), x), **FD_TOL, name="softmax")
+
+    ln = ref("layernorm")
+    w, b = rng.standard_normal(5), rng.standard_normal(5)
+    _, mean, rstd = ln.layernorm_fwd(x, w, b, 1e-5)
+    dx, dw, db = ln.layernorm_bwd(c, x, w, mean, rstd)
+    loss = lambda: (c * ln.layernorm_fwd(x, w, b, 1e-5)[0]).sum()  # noqa: E731
+    assert_close(dx, _fd(loss, x), **FD_TOL, name="layernorm dx")
+    assert_close(dw, _fd(loss, w), **FD_TOL, name="layernorm dweight")
+    assert_close(db, _fd(loss, b), **FD_TOL, name="layernorm dbias")
+
+    ge = ref("gelu")
+    assert_close(ge.gelu_bwd(x, c), _fd(lambda: (c * ge.gelu_fwd(x)).sum(), x), **FD_TOL, name="gelu")
+
+    ce = ref("cross_entropy")
+    t = np.array([4, -100, 0])
+    _, lse = ce.cross_entropy_fwd(x, t)
+    assert_close(ce.cross_entropy_bwd(x, t, lse, 2.5), _fd(lambda: 2.5 * ce.cross_entropy_fwd(x, t)[0], x),
+                 **FD_TOL, name="cross_entropy")
