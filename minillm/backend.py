@@ -71,6 +71,17 @@ def scatter_add(target, index, values) -> None:
         import cupyx
 
         cupyx.scatter_add(target, index, values)
+    elif isinstance(index, np.ndarray) and index.dtype.kind in "iu" and values.ndim == index.ndim + target.ndim - 1:
+        # Rows gathered by an integer array (an embedding lookup): sort the ids, sum each run of equal ids
+        # with one reduceat, and add once per distinct id. Far faster than np.add.at on (N, C) rows.
+        ids = index.reshape(-1)
+        if ids.size == 0:
+            return
+        rows = values.reshape(ids.size, *target.shape[1:])
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+        target[sorted_ids[starts]] += np.add.reduceat(rows[order], starts, axis=0)
     else:
         np.add.at(target, index, values)
 

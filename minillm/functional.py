@@ -5,6 +5,7 @@ make four passes over memory and keep four intermediate arrays alive for the bac
 makes one pass forward, saves only what its backward needs, and calls a hand-written kernel both ways:
 
     op                              forward kernel          saved for backward          backward kernel
+    linear(x, W, b)                 matmul (BLAS)           x, W                        two matmuls
     softmax(x)                      softmax_fwd             y                           softmax_bwd
     layer_norm(x, w, b)             layernorm_fwd           x, mean, rstd               layernorm_bwd
     gelu(x)                         gelu_fwd                x                           gelu_bwd
@@ -30,6 +31,24 @@ class Function:
         fn.kernels = kernels_for(inputs[0].data)
         out = fn.forward(*(t.data for t in inputs), **params)
         return Tensor._make(out, inputs, fn.backward)
+
+
+class Linear(Function):
+    """y = x W^T + b over the last axis; leading axes are flattened to rows, (..., in) -> (N, in)."""
+
+    def forward(self, x, weight, bias=None):
+        self.x2 = x.reshape(-1, x.shape[-1])                 # (N, in)
+        self.weight, self.lead, self.has_bias = weight, x.shape[:-1], bias is not None
+        y = self.x2 @ weight.T                               # (N, in) @ (in, out) -> (N, out)
+        if bias is not None:
+            y += bias
+        return y.reshape(*self.lead, weight.shape[0])
+
+    def backward(self, dy):
+        g = dy.reshape(-1, dy.shape[-1])                     # (N, out)
+        dx = (g @ self.weight).reshape(*self.lead, self.weight.shape[1])   # dX = dY W
+        dw = g.T @ self.x2                                   # dW = dY^T X, (out, in)
+        return (dx, dw, g.sum(axis=0)) if self.has_bias else (dx, dw)
 
 
 class Softmax(Function):
@@ -154,11 +173,12 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b with W of shape (out, in), as in PyTorch and the Hugging Face checkpoints.
 
-    The leading dims are flattened first, (..., in) -> (N, in), so that the weight gradient is one
-    (in, N) @ (N, out) matmul instead of a batch of them summed afterwards.
+    One graph node: its backward is two matmuls (dX = dY W, dW = dY^T X over all rows at once) and a
+    column sum for the bias, instead of a batch of per-sample products summed afterwards.
     """
-    lead = x.shape[:-1]
-    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, in) @ (in, out) -> (N, out)
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*lead, weight.shape[0])
+    if x.shape[-1] != weight.shape[1] or (bias is not None and bias.shape != (weight.shape[0],)):
+        raise ValueError(
+            f"linear: input (..., {x.shape[-1]}) does not fit weight {weight.shape}"
+            + (f" and bias {bias.shape}" if bias is not None else "") + f"; input shape {x.shape}"
+        )
+    return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)

@@ -350,10 +350,15 @@ class Tensor:
     def __getitem__(self, index):
         """Basic and advanced indexing; the backward scatters (adds) into a zero array."""
         index = index.data if isinstance(index, Tensor) else index
+        basic = all(i is None or i is Ellipsis or isinstance(i, (int, slice))
+                    for i in (index if isinstance(index, tuple) else (index,)))
 
         def backward(g):
             full = xp(g).zeros(self.shape, dtype=g.dtype)
-            scatter_add(full, index, g)
+            if basic:  # ints and slices select each entry at most once: plain assignment
+                full[index] = g
+            else:      # an index array may repeat entries: their gradients must add up
+                scatter_add(full, index, g)
             return (full,)
 
         return Tensor._make(self.data[index], (self,), backward)

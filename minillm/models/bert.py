@@ -24,7 +24,7 @@ import numpy as np
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
 from ..backend import xp
-from ..tensor import Tensor
+from ..tensor import Tensor, concatenate
 from .checkpoint import CheckpointMixin
 
 
@@ -134,15 +134,14 @@ class BertSelfAttention(Module):
     def forward(self, x: Tensor, key_mask) -> Tensor:
         B, T, C = x.shape
         H = self.num_heads
-
-        def heads(t):  # (B, T, C) -> (B, H, T, D)
-            return t.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        # Q, K and V in one matmul: (B, T, C) @ (C, 3C) uses the BLAS better than three (C, C) products.
+        w = concatenate([self.query.weight, self.key.weight, self.value.weight], axis=0)  # (3C, C)
+        b = concatenate([self.query.bias, self.key.bias, self.value.bias], axis=0)        # (3C,)
+        qkv = F.linear(x, w, b).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)     # (3, B, H, T, D)
         if self.training and self.dropout_p > 0:
             _warn_attention_dropout(self.dropout_p)
-        out = F.scaled_dot_product_attention(q, k, v, key_mask=key_mask)  # (B, H, T, D)
-        return out.transpose(0, 2, 1, 3).reshape(B, T, C)                # (B, H, T, D) -> (B, T, C)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], key_mask=key_mask)  # (B, H, T, D)
+        return out.transpose(0, 2, 1, 3).reshape(B, T, C)                                # (B, T, C)
 
 
 def _warn_attention_dropout(p: float) -> None:
