@@ -146,9 +146,8 @@ for family, names in kernels.CONTRACT.items():
     module = importlib.import_module(f"kernels.{family}.gpu")
     for name in names:
         assert callable(getattr(module, name)), (family, name)
-ns = kernels.get("cupy")
-try:
-    ns.softmax_fwd(None)
+try:  # asking for the backend fails at once, with the install hint
+    kernels.get("cupy")
 except ImportError as e:
     assert "pip install -e .[gpu]" in str(e), str(e)
     print("OK")
