@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-steps", type=int, default=0, help="cap on optimizer steps (0: epochs decide)")
     p.add_argument("--evals-per-epoch", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (overrides --evals-per-epoch)")
     p.add_argument("--num-labels", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
@@ -120,7 +121,8 @@ def run(args) -> int:
         result = finetune(FinetuneArgs(
             model=args.model, train=args.train, eval=args.eval, out=args.out, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, num_labels=args.num_labels,
-            max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, resume=args.resume))
+            max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, eval_every=args.eval_every,
+            resume=args.resume))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":
         from .train.finetune import DEFAULT_LABEL_WORDS, DEFAULT_PROMPT, evaluate_path, evaluate_zero_shot

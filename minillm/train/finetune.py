@@ -42,6 +42,7 @@ class FinetuneArgs:
     num_labels: int = 2
     max_steps: int = 0        # > 0 caps the run (a budget in steps instead of epochs)
     evals_per_epoch: int = 1
+    eval_every: int = 0       # > 0: evaluate every this many steps instead of evals_per_epoch
     resume: bool = False
 
 
@@ -122,7 +123,8 @@ def finetune(args: FinetuneArgs) -> dict:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": train.labels[idx]}
 
     cfg = TrainConfig(steps=steps, lr=args.lr, seed=args.seed, weight_decay=0.01, warmup_fraction=0.1,
-                      eval_every=max(1, per_epoch // max(1, args.evals_per_epoch)), checkpoint_every=per_epoch,
+                      eval_every=args.eval_every or max(1, per_epoch // max(1, args.evals_per_epoch)),
+                      checkpoint_every=min(per_epoch, steps),
                       log_every=10, best_metric="accuracy")
     trainer = Trainer(model, cfg, args.out, get_batch, evaluate=lambda m: evaluate_classifier(m, dev),
                       save_model=lambda path: model.save_pretrained(path, tokenizer=tok),
