@@ -106,7 +106,9 @@ def clip_grad_norm(parameters, max_norm: float) -> float:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    total = math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads))
+    # One BLAS dot per gradient (no float64 copy), summed where the gradients live, one transfer of the total.
+    m = xp(grads[0])
+    total = math.sqrt(float(sum(m.dot(g.ravel(), g.ravel()) for g in grads)))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

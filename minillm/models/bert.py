@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
-from ..backend import xp
+from ..backend import to_device, xp
 from ..tensor import Tensor, concatenate
 from .checkpoint import CheckpointMixin
 
@@ -212,13 +212,14 @@ class BertPooler(Module):
         return self.dense(hidden[:, 0]).tanh()
 
 
-def _as_ids(a, name: str, shape=None) -> np.ndarray:
-    """Token ids and masks may come as lists, int arrays or Tensors; return an int array, checked."""
+def _as_ids(a, name: str, shape=None, device: str = "cpu"):
+    """Token ids, masks and labels may come as lists, int arrays or Tensors: return an int array on
+    `device` (the device of the model's parameters), checked for shape."""
     a = a.data if isinstance(a, Tensor) else a
-    a = np.asarray(a) if not hasattr(a, "get") else a
-    if a.ndim == 1:
+    a = to_device(a if hasattr(a, "get") else np.asarray(a), device)
+    if name != "labels" and a.ndim == 1:
         a = a[None, :]
-    if a.ndim != 2:
+    if name != "labels" and a.ndim != 2:
         raise ValueError(f"{name} must have shape (B, T), got {tuple(a.shape)}")
     if shape is not None and tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(a.shape)} but input_ids has shape {tuple(shape)}")
@@ -235,17 +236,20 @@ class BertModel(CheckpointMixin, Module):
         self.pooler = BertPooler(config) if add_pooling_layer else None
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **unused) -> Output:
-        ids = _as_ids(input_ids, "input_ids")
+        device = self.embeddings.word_embeddings.weight.device
+        ids = _as_ids(input_ids, "input_ids", device=device)
         B, T = ids.shape
         if T > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {T} exceeds max_position_embeddings {self.config.max_position_embeddings}"
             )
         m = xp(ids)
-        token_type_ids = m.zeros_like(ids) if token_type_ids is None else _as_ids(token_type_ids, "token_type_ids", ids.shape)
+        token_type_ids = m.zeros_like(ids) if token_type_ids is None else \
+            _as_ids(token_type_ids, "token_type_ids", ids.shape, device)
         if position_ids is None:
             position_ids = m.broadcast_to(m.arange(T), (B, T))
-        key_mask = None if attention_mask is None else _as_ids(attention_mask, "attention_mask", ids.shape).astype(bool)
+        key_mask = None if attention_mask is None else \
+            _as_ids(attention_mask, "attention_mask", ids.shape, device).astype(bool)
         x = self.embeddings(ids, token_type_ids, position_ids)        # (B, T, C)
         x = self.encoder(x, key_mask)                                 # (B, T, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
@@ -304,12 +308,12 @@ class BertForMaskedLM(CheckpointMixin, Module):
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
         head = self.cls.predictions
         if labels is not None and self.sparse_head:
-            labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
-            rows = np.flatnonzero(labels.reshape(-1) != -100)                         # (M,)
+            labels = _as_ids(labels, "labels", device=hidden.device).reshape(-1)         # (B*T,)
+            rows = xp(labels).flatnonzero(labels != -100)                              # (M,)
             logits = head(hidden.reshape(-1, hidden.shape[-1])[rows])                # (M, C) -> (M, V)
-            return Output(logits=logits, loss=F.cross_entropy(logits, labels.reshape(-1)[rows]))
+            return Output(logits=logits, loss=F.cross_entropy(logits, labels[rows]))
         logits = head(hidden)                                                          # (B, T, V)
-        loss = None if labels is None else F.cross_entropy(logits, labels)
+        loss = None if labels is None else F.cross_entropy(logits, _as_ids(labels, "labels", device=hidden.device))
         return Output(logits=logits, loss=loss)
 
 
@@ -328,8 +332,8 @@ class BertForSequenceClassification(CheckpointMixin, Module):
         logits = self.classifier(self.dropout(pooled))                               # (B, num_labels)
         loss = None
         if labels is not None:
-            labels = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
-            if labels.size and (labels.min() < 0 or labels.max() >= self.config.num_labels):
+            labels = _as_ids(labels, "labels", device=logits.device)
+            if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= self.config.num_labels):
                 raise ValueError(
                     f"labels must be in [0, {self.config.num_labels}), got values {sorted(set(labels.tolist()))[:10]}"
                 )

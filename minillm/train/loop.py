@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..models.checkpoint import atomic_write, read_safetensors
+from ..backend import get_backend
 from ..optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from ..tensor import manual_seed
 from .metrics import MetricsLog, plot_metrics
@@ -78,6 +79,8 @@ class Trainer:
         self.model, self.config, self.out_dir = model, config, Path(out_dir)
         self.get_batch, self.evaluate, self.save_model, self.count_tokens = get_batch, evaluate, save_model, count_tokens
         self.desc = desc
+        if get_backend() == "cupy":  # `--device cuda`: parameters, moments and batches all live on the GPU
+            model.to("cuda")
         self.optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
         warmup = int(round(config.warmup_fraction * config.steps))
         self.schedule = LinearWarmupDecay(self.optimizer, warmup, config.steps)
