@@ -57,9 +57,12 @@ def load_classifier(path, num_labels: int = 2) -> tuple[BertForSequenceClassific
     if config.id2label is None or len(config.id2label) != num_labels:
         config.id2label = {i: (LABEL_NAMES[i] if num_labels == 2 else f"LABEL_{i}") for i in range(num_labels)}
         config.num_labels = num_labels
-    with warnings.catch_warnings():  # the MLM head's tensors are "unused" by design here: not worth a warning
-        warnings.filterwarnings("ignore", message=".*not used.*")
+    with warnings.catch_warnings(record=True) as caught:  # expected when the checkpoint has no classifier yet
+        warnings.simplefilter("always")
         model = BertForSequenceClassification.from_pretrained(path, config=config)
+    fresh = [str(w.message) for w in caught if "initialised fresh" in str(w.message)]
+    if fresh:
+        print(f"{path}: no classification head yet; " + fresh[0].split(": ", 1)[1])
     return model, BertTokenizer.from_pretrained(path)
 
 
