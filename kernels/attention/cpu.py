@@ -7,15 +7,15 @@ derivations and the measured times:
     v1  naive: one query row at a time, the full score row s (Tk floats) materialized, dot products as
         scalar loops over D, exp through libm (math.exp); backward recomputes the row from lse
     v2  FlashAttention: key tiles with an online softmax (running max m, running sum l, rescaled
-        accumulator); K and V transposed once per (b, h) so that every inner loop runs over a contiguous
-        axis without a reduction and vectorizes; the vectorizable float32 exp of kernels/fastexp.py;
-        fully masked key tiles skipped, causal rows stop at their last visible key
+        accumulator); K (and V in the backward) transposed once per (b, h) so that every inner loop
+        runs over a contiguous axis without a reduction and vectorizes; the vectorizable float32 exp
+        of kernels/fastexp.py; fully masked key tiles skipped, causal rows stop at their last key
     v3  queries in the vector lanes: tiles are held transposed (key-major, 128 queries side by side), so
         the online-softmax max, exp and sum run elementwise across lanes and every matrix product is an
         axpy over 128 contiguous floats; register blocking (4 d x 2 keys for scores, 4 keys for
         P V, dQ, dK, dV) cuts loads per multiply-add; the backward loops over key tiles, owning dK, dV
 
-`attention_fwd` / `attention_bwd` are bound to the winners (see VERSIONS and NOTES.md).
+`attention_fwd` / `attention_bwd` are bound to the winner, v3 (see VERSIONS and NOTES.md).
 
 Parallelism: `prange` over the B*H (batch, head) pairs. The thread that owns a pair writes all of its dq,
 dk and dv, so there are no atomics and no races, and the result is bitwise the same run to run.
@@ -513,9 +513,9 @@ def _make_fwd(kernel):
 def _make_bwd(kernel):
     def attention_bwd(dout, q, k, v, out, lse, key_mask=None, causal=False, scale=None):
         """Attention backward (see reference.attention_bwd): returns (dq, dk, dv), float32."""
-        extra = [("dout", dout, q.shape), ("out", out, q.shape), ("lse", lse, q.shape[:3])]
-        if getattr(q, "ndim", 0) != 4:
-            extra = []  # let check_inputs report the bad q first
+        extra = []  # with a malformed q, let check_inputs report q first
+        if isinstance(q, np.ndarray) and q.ndim == 4:
+            extra = [("dout", dout, q.shape), ("out", out, q.shape), ("lse", lse, q.shape[:3])]
         q, k, v, key_mask, scale, f32 = _prepare("attention_bwd", q, k, v, key_mask, scale, extra)
         dq = np.zeros(q.shape, np.float32)  # accumulated over key tiles
         dk = np.zeros(k.shape, np.float32)

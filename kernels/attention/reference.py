@@ -65,9 +65,13 @@ def check_inputs(op, q, k, v, key_mask=None, extra=()):
         raise ValueError(
             f"{op}: q (B, H, Tq, D) and k (B, H, Tk, D) must agree in B, H and D, got q {q.shape} and k {k.shape}"
         )
+    if q.shape[3] == 0:
+        raise ValueError(f"{op}: head size D must be at least 1 (scale = 1/sqrt(D)), got q {q.shape}")
     for name, a, shape in extra:
         if a.shape != shape:
-            raise ValueError(f"{op}: {name} must have shape {shape} (from q {q.shape}, k {k.shape}), got {a.shape}")
+            raise ValueError(
+                f"{op}: {name} must have shape {shape} (from q {q.shape}, k {k.shape}), got {a.shape}"
+            )
     if key_mask is not None:
         key_mask = np.asarray(key_mask)
         if key_mask.dtype != np.bool_:
@@ -156,11 +160,11 @@ def attention_bwd(dout, q, k, v, out, lse, key_mask=None, causal=False, scale=No
     Math (see the module docstring and NOTES.md): P = exp(S - lse); dV = P^T dO; dP = dO V^T;
     Delta_i = sum_d dO_id out_id; dS = P * (dP - Delta); dQ = scale dS K; dK = scale dS^T Q.
     """
-    B, H, Tq, D = q.shape
-    key_mask = check_inputs(
-        "attention_bwd", q, k, v, key_mask,
-        extra=[("dout", dout, q.shape), ("out", out, q.shape), ("lse", lse, (B, H, Tq))],
-    )
+    extra = []  # with a malformed q, let check_inputs report q first
+    if isinstance(q, np.ndarray) and q.ndim == 4:
+        extra = [("dout", dout, q.shape), ("out", out, q.shape), ("lse", lse, q.shape[:3])]
+    key_mask = check_inputs("attention_bwd", q, k, v, key_mask, extra)
+    D = q.shape[-1]
     dtype = np.result_type(q, k, v, dout, out)
     q, k, v, dout, out = (a.astype(dtype, copy=False) for a in (q, k, v, dout, out))
     lse = lse.astype(dtype, copy=False)
