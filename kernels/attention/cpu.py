@@ -531,5 +531,5 @@ VERSIONS = {
     "attention_bwd": {"v1": _make_bwd(_bwd_v1), "v2": _make_bwd(_bwd_v2), "v3": _make_bwd(_bwd_v3)},
 }
 
-attention_fwd = VERSIONS["attention_fwd"]["v2"]
-attention_bwd = VERSIONS["attention_bwd"]["v2"]
+attention_fwd = VERSIONS["attention_fwd"]["v3"]
+attention_bwd = VERSIONS["attention_bwd"]["v3"]

@@ -144,12 +144,18 @@ class BertSelfAttention(Module):
         return out.transpose(0, 2, 1, 3).reshape(B, T, C)                                # (B, T, C)
 
 
+_warned_attention_dropout = False
+
+
 def _warn_attention_dropout(p: float) -> None:
-    warnings.warn(
-        f"attention_probs_dropout_prob={p} is not applied: the fused attention kernel never materialises the "
-        "probabilities it would drop. Hidden-state dropout still applies; minillm's presets set it to 0.",
-        stacklevel=3,
-    )
+    global _warned_attention_dropout
+    if not _warned_attention_dropout:  # once per process (warnings' own registry is reset by catch_warnings)
+        _warned_attention_dropout = True
+        warnings.warn(
+            f"attention_probs_dropout_prob={p} is not applied: the fused attention kernel never materialises the "
+            "probabilities it would drop. Hidden-state dropout still applies; minillm's presets set it to 0.",
+            stacklevel=3,
+        )
 
 
 class BertSelfOutput(Module):
