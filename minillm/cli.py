@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--zero-shot", action="store_true", help="score with the MLM head through a cloze prompt")
     p.add_argument("--prompt", default=None, help="cloze prompt with {sentence} and [MASK]")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="zero-shot without dividing by the label words' content-free prior")
     p.add_argument("--label-words", default=None,
                    help="label words per class, classes separated by ';', words by ',' (e.g. 'bad,awful;good,great')")
     _add_backend(p)
@@ -130,7 +132,8 @@ def run(args) -> int:
         if args.zero_shot:
             words = DEFAULT_LABEL_WORDS if not args.label_words else tuple(
                 tuple(w.strip() for w in group.split(",") if w.strip()) for group in args.label_words.split(";"))
-            result = evaluate_zero_shot(args.model, args.data, args.prompt or DEFAULT_PROMPT, words)
+            result = evaluate_zero_shot(args.model, args.data, args.prompt or DEFAULT_PROMPT, words,
+                                        calibrate=not args.no_calibrate)
         else:
             result = evaluate_path(args.model, args.data)
         print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1']:.4f}  n {result['n']}")

@@ -8,6 +8,11 @@ Zero-shot: no labelled example at all. The sentence is wrapped in a prompt such 
 `<sentence> it was [MASK] .` and the MLM head's scores for label words at the [MASK] decide:
 P(label c) is proportional to sum over c's words of P(word | prompt). What the model learned about
 language during pretraining is all it has.
+
+Calibration (Zhao et al. 2021, "Calibrate before use"): a small model's scores are dominated by how
+frequent each label word is ("good" is simply more common than "terrible"), so every sentence gets the
+same label. Dividing each label's score by its score for a content-free input (the prompt with an empty
+sentence) removes that prior and leaves what the sentence itself changes. On by default; `--no-calibrate`.
 """
 from __future__ import annotations
 
@@ -142,8 +147,14 @@ def finetune(args: FinetuneArgs) -> dict:
 # --------------------------------------------------------------------------------------------------
 # zero-shot cloze
 def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prompt: str = DEFAULT_PROMPT,
-                     label_words=DEFAULT_LABEL_WORDS, batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+                     label_words=DEFAULT_LABEL_WORDS, batch_size: int = 64, max_length: int = 128,
+                     calibrate: bool = True) -> np.ndarray:
     """(N, num_labels) probabilities of each label from the MLM head at the prompt's [MASK]."""
+    if calibrate:
+        prior = zero_shot_scores(model, tok, [""], prompt, label_words, calibrate=False)  # (1, num_labels)
+        scores = zero_shot_scores(model, tok, sentences, prompt, label_words, batch_size, max_length, False)
+        scores = scores / np.maximum(prior, 1e-30)
+        return scores / scores.sum(-1, keepdims=True)
     if "{sentence}" not in prompt or "[MASK]" not in prompt:
         raise ValueError(f"prompt {prompt!r} must contain '{{sentence}}' and '[MASK]'")
     word_ids = []
@@ -170,7 +181,8 @@ def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prom
     return out / np.maximum(out.sum(-1, keepdims=True), 1e-30)
 
 
-def evaluate_zero_shot(path, data, prompt=DEFAULT_PROMPT, label_words=DEFAULT_LABEL_WORDS) -> dict:
+def evaluate_zero_shot(path, data, prompt=DEFAULT_PROMPT, label_words=DEFAULT_LABEL_WORDS,
+                       calibrate: bool = True) -> dict:
     path = Path(path)
     state_keys = _checkpoint_keys(path / "model.safetensors")
     if not any(k.startswith("cls.predictions") for k in state_keys):
@@ -179,7 +191,7 @@ def evaluate_zero_shot(path, data, prompt=DEFAULT_PROMPT, label_words=DEFAULT_LA
     model = BertForMaskedLM.from_pretrained(path)
     tok = BertTokenizer.from_pretrained(path)
     sentences, labels = read_tsv(data, num_labels=len(label_words))
-    probs = zero_shot_scores(model, tok, sentences, prompt, label_words)
+    probs = zero_shot_scores(model, tok, sentences, prompt, label_words, calibrate=calibrate)
     return {"loss": float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean()),
             **classification_metrics(probs.argmax(-1), labels, len(label_words))}
 
