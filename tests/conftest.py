@@ -40,3 +40,12 @@ BACKEND_PARAMS = [
 def backend(request):
     """A kernel backend name; the cupy case skips with a reason when no GPU is usable."""
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tokenized corpora and downloads go to a temporary cache, never the user's ~/.cache/minillm."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINILLM_CACHE", str(tmp_path_factory.mktemp("minillm-cache")))
+    yield
+    mp.undo()
