@@ -399,8 +399,9 @@ def write_report(runner: Runner, args, dev: str, started: float, failures: list[
         "",
     ]
     if reduced:
-        lines += [f"> **Budget-reduced run** ({', '.join(reduced)}): a smoke test of the pipeline, not the issue's "
-                  "results. Regenerate with `python benchmarks/sst2_results.py` for the real numbers.", ""]
+        lines += [f"> **Budget-reduced run** ({', '.join(reduced)}): fewer fine-tuning steps or less data than the "
+                  "issue's recipe (one epoch = 2105 steps). `python benchmarks/sst2_results.py` with no flags runs "
+                  "the full recipe.", ""]
     lines += [
         "| stage | what | SST-2 dev accuracy | wall time | steps | command |",
         "| --- | --- | --- | --- | --- | --- |",
