@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _float(x):
-    x = np.asarray(x)
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+from kernels._inputs import as_float
 
 
 def _check(op, logits, targets, ignore_index):
@@ -54,7 +51,7 @@ def cross_entropy_fwd(logits, targets, ignore_index=-100):
     Returns:
         (loss, lse): loss a Python float (0.0 if every row is ignored); lse (N,) for every row.
     """
-    logits, targets = _float(logits), np.asarray(targets)
+    logits, targets = as_float(logits), np.asarray(targets)
     _check("cross_entropy_fwd", logits, targets, ignore_index)
     m = logits.max(axis=1)  # (N,)
     lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=1))  # (N,)
@@ -70,7 +67,7 @@ def cross_entropy_fwd(logits, targets, ignore_index=-100):
 
 def cross_entropy_bwd(logits, targets, lse, dloss, ignore_index=-100):
     """dlogits = dloss * (softmax(logits) - onehot(targets)) / n_valid, zero on ignored rows. (N, V)."""
-    logits, targets, lse = _float(logits), np.asarray(targets), _float(lse)
+    logits, targets, lse = as_float(logits), np.asarray(targets), as_float(lse)
     _check("cross_entropy_bwd", logits, targets, ignore_index)
     if lse.shape != logits.shape[:1]:
         raise ValueError(f"cross_entropy_bwd: lse must be ({logits.shape[0]},), got {lse.shape}")

@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from kernels._inputs import as_float32
+
 from kernels.fastexp import fast_exp_scalar
 
 HALF = np.float32(0.5)
@@ -87,17 +89,10 @@ def _bwd_v2(x, dy, dx):
 # ---- thin Python wrappers: validate, convert, flatten; never let bad input reach compiled code
 
 
-def _f32(a, op, name):
-    a = np.asarray(a)
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{op}: {name} must hold real numbers, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
 def _make_fwd(kernel):
     def gelu_fwd(x):
         """y = x Phi(x) elementwise (float32, x's shape)."""
-        x = _f32(x, "gelu_fwd", "x")
+        x = as_float32(x, "gelu_fwd", "x")
         y = np.empty_like(x)
         kernel(x.reshape(-1), y.reshape(-1))
         return y
@@ -108,7 +103,7 @@ def _make_fwd(kernel):
 def _make_bwd(kernel):
     def gelu_bwd(x, dy):
         """dx = dy (Phi(x) + x phi(x)) elementwise (float32, x's shape)."""
-        x, dy = _f32(x, "gelu_bwd", "x"), _f32(dy, "gelu_bwd", "dy")
+        x, dy = as_float32(x, "gelu_bwd", "x"), as_float32(dy, "gelu_bwd", "dy")
         if x.shape != dy.shape:
             raise ValueError(f"gelu_bwd: x has shape {x.shape} but dy has shape {dy.shape}; they must match")
         dx = np.empty_like(x)

@@ -20,14 +20,11 @@ import math
 
 import numpy as np
 
+from kernels._inputs import as_float
+
 _erfc = np.frompyfunc(math.erfc, 1, 1)  # elementwise erfc on object arrays; we cast back to float64
 SQRT1_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _float(x):
-    x = np.asarray(x)
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
 
 
 def _Phi(x):
@@ -37,13 +34,13 @@ def _Phi(x):
 
 def gelu_fwd(x):
     """y = x * Phi(x) elementwise; y has x's shape and dtype."""
-    x = _float(x)
+    x = as_float(x)
     return (x * _Phi(x)).astype(x.dtype)
 
 
 def gelu_bwd(x, dy):
     """dx = dy * (Phi(x) + x * phi(x)) elementwise; x and dy of the same shape."""
-    x, dy = _float(x), _float(dy)
+    x, dy = as_float(x), as_float(dy)
     if x.shape != dy.shape:
         raise ValueError(f"gelu_bwd: x has shape {x.shape} but dy has shape {dy.shape}; they must match")
     x64 = x.astype(np.float64)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels._inputs import as_float32
+
 from kernels.fastexp import dot8, sum8
 
 ZERO = np.float32(0.0)
@@ -142,22 +144,13 @@ def _bwd_v2(dy, x, w, mean, rstd, dx, dw, db):
             db[c] += db_part[k, c]
 
 
-
-
 # ---- thin Python wrappers: validate, convert, reshape; never let bad input reach compiled code
-
-
-def _f32(a, op, name):
-    a = np.asarray(a)
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{op}: {name} must hold real numbers, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _make_fwd(kernel):
     def layernorm_fwd(x, weight, bias, eps):
         """(y, mean, rstd) of layer norm over the last axis; see reference.py for the math."""
-        x, w, b = (_f32(a, "layernorm_fwd", n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
+        x, w, b = (as_float32(a, "layernorm_fwd", n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
         if x.ndim < 1 or w.shape != x.shape[-1:] or b.shape != x.shape[-1:]:
             raise ValueError(
                 f"layernorm_fwd: x has shape {x.shape}, so weight and bias must be {x.shape[-1:]}; "
@@ -178,7 +171,7 @@ def _make_bwd(kernel):
     def layernorm_bwd(dy, x, weight, mean, rstd):
         """(dx, dweight, dbias) of layer norm; see reference.py for the derivation."""
         names = ("dy", "x", "weight", "mean", "rstd")
-        dy, x, w, mean, rstd = (_f32(a, "layernorm_bwd", n) for a, n in zip((dy, x, weight, mean, rstd), names))
+        dy, x, w, mean, rstd = (as_float32(a, "layernorm_bwd", n) for a, n in zip((dy, x, weight, mean, rstd), names))
         if x.ndim < 1 or dy.shape != x.shape or w.shape != x.shape[-1:] or mean.shape != x.shape[:-1] \
                 or rstd.shape != x.shape[:-1]:
             raise ValueError(

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _float(x):
-    x = np.asarray(x)
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+from kernels._inputs import as_float
 
 
 def layernorm_fwd(x, weight, bias, eps):
@@ -29,7 +26,7 @@ def layernorm_fwd(x, weight, bias, eps):
     Returns:
         (y, mean, rstd): y like x; mean and rstd of shape x.shape[:-1].
     """
-    x, weight, bias = _float(x), _float(weight), _float(bias)
+    x, weight, bias = as_float(x), as_float(weight), as_float(bias)
     C = x.shape[-1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(
@@ -59,7 +56,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd):
     Args:
         dy, x: (..., C); weight: (C,); mean, rstd: x.shape[:-1] (from layernorm_fwd).
     """
-    dy, x, weight, mean, rstd = (_float(a) for a in (dy, x, weight, mean, rstd))
+    dy, x, weight, mean, rstd = (as_float(a) for a in (dy, x, weight, mean, rstd))
     if dy.shape != x.shape or weight.shape != x.shape[-1:] or mean.shape != x.shape[:-1] or rstd.shape != mean.shape:
         raise ValueError(
             f"layernorm_bwd: shapes do not fit together: dy {dy.shape}, x {x.shape}, weight {weight.shape}, "

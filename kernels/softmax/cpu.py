@@ -32,6 +32,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from kernels._inputs import as_float32
 from kernels.fastexp import dot8, fast_exp_scalar, max8, sum8
 
 NEG_INF = np.float32(-np.inf)
@@ -131,12 +132,10 @@ def _bwd_v2(y, dy, dx):
 
 
 def _f32(a, op, name):
-    a = np.asarray(a)
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{op}: {name} must hold real numbers, got dtype {a.dtype}")
+    a = as_float32(a, op, name)
     if a.ndim == 0:
         raise ValueError(f"{op}: {name} must have at least one axis (softmax runs over the last), got a scalar")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return a
 
 
 def _mask_rows(mask, shape, op):

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _float(x):
-    x = np.asarray(x)
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+from kernels._inputs import as_float
 
 
 def softmax_fwd(x, mask=None):
@@ -32,7 +29,7 @@ def softmax_fwd(x, mask=None):
     Returns:
         y: same shape and dtype as x; each row sums to 1, or is all zeros if fully masked.
     """
-    x = _float(x)
+    x = as_float(x)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         try:
@@ -60,7 +57,7 @@ def softmax_bwd(y, dy):
     formed. Masked entries have y_j = 0 and therefore dx_j = 0, with no mask needed here.
     Property: sum_j dx_j = (sum_j y_j)(1 - 1) * ... = 0 for every row whose y sums to 1.
     """
-    y, dy = _float(y), _float(dy)
+    y, dy = as_float(y), as_float(dy)
     if y.shape != dy.shape:
         raise ValueError(f"softmax_bwd: y has shape {y.shape} but dy has shape {dy.shape}; they must match")
     dot = (y * dy).sum(axis=-1, keepdims=True)  # (..., 1)

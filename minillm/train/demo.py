@@ -68,7 +68,7 @@ def demo(args: DemoArgs) -> Path:
 
     t = time.perf_counter()
     finetune(FinetuneArgs(model=str(out / "pretrained"), train=str(sst2 / "train.tsv"), eval=str(sst2 / "dev.tsv"),
-                          out=str(out / "finetuned"), epochs=1.0, lr=1e-4, batch_size=32, max_length=64,
+                          out=str(out / "finetuned"), epochs=10.0, lr=1e-4, batch_size=32, max_length=64,
                           seed=args.seed, max_steps=ft_steps, eval_every=max(1, ft_steps // 4)))
     ft_time = time.perf_counter() - t
     final = evaluate_path(out / "finetuned", sst2 / "dev.tsv")
