@@ -15,21 +15,24 @@ RTOL = 1e-6
 ATOL = 1e-7
 
 
-def numerical_grad(f, arrays, i, h=H):
-    """d f(arrays) / d arrays[i] by central differences; f takes the list of arrays, returns a float."""
-    x = arrays[i]
+def central_differences(f, x, h=H):
+    """d f() / d x by central differences, for a scalar function f of no arguments that reads the array x
+    (each entry is nudged in place and restored)."""
     grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        idx = it.multi_index
+    for idx in np.ndindex(x.shape):
         old = x[idx]
         x[idx] = old + h
-        plus = f(arrays)
+        plus = f()
         x[idx] = old - h
-        minus = f(arrays)
+        minus = f()
         x[idx] = old
         grad[idx] = (plus - minus) / (2 * h)
     return grad
+
+
+def numerical_grad(f, arrays, i, h=H):
+    """d f(arrays) / d arrays[i] by central differences; f takes the list of arrays, returns a float."""
+    return central_differences(lambda: f(arrays), arrays[i], h)
 
 
 def check_gradients(op, *arrays, wrt=None, seed=0, rtol=RTOL, atol=ATOL):
