@@ -90,6 +90,20 @@ class Attention(Function):
         return self.kernels.attention_bwd(dout, self.q, self.k, self.v, self.out, self.lse, **self.options)
 
 
+class PackedAttention(Attention):
+    """Attention on Q, K, V packed in one (3, B, H, T, D) array, as the fused QKV projection makes them.
+
+    Slicing q, k, v out of the packed tensor would give three graph nodes whose backward each allocates a
+    zero array of the full packed size; here the backward stacks dQ, dK, dV into one array instead.
+    """
+
+    def forward(self, qkv, key_mask=None, causal=False, scale=None):
+        return super().forward(qkv[0], qkv[1], qkv[2], key_mask, causal, scale)
+
+    def backward(self, dout):
+        return (xp(dout).stack(super().backward(dout)),)
+
+
 class CrossEntropy(Function):
     def forward(self, logits, targets, ignore_index=-100):
         self.logits, self.targets, self.ignore_index = logits, targets, ignore_index
@@ -155,6 +169,16 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, key_mask=None,
         key_mask = key_mask.data if isinstance(key_mask, Tensor) else key_mask
         key_mask = xp(key_mask).asarray(key_mask).astype(bool, copy=False)
     return Attention.apply(q, k, v, key_mask=key_mask, causal=causal, scale=scale)
+
+
+def packed_attention(qkv: Tensor, key_mask=None, causal: bool = False, scale: float | None = None) -> Tensor:
+    """scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], ...) for qkv of shape (3, B, H, T, D)."""
+    if qkv.ndim != 5 or qkv.shape[0] != 3:
+        raise ValueError(f"packed_attention: expected qkv of shape (3, B, H, T, D), got {qkv.shape}")
+    if key_mask is not None:
+        key_mask = key_mask.data if isinstance(key_mask, Tensor) else key_mask
+        key_mask = xp(key_mask).asarray(key_mask).astype(bool, copy=False)
+    return PackedAttention.apply(qkv, key_mask=key_mask, causal=causal, scale=scale)
 
 
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:

@@ -45,6 +45,15 @@ def test_attention_gradient(reference_backend, causal, tq, tk):
     )
 
 
+def test_packed_attention_gradient_and_values(reference_backend):
+    key_mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    qkv = rng.standard_normal((3, 2, 2, 4, 3))
+    check_gradients(lambda t: F.packed_attention(t, key_mask=key_mask), qkv)
+    packed = F.packed_attention(mm.Tensor(qkv), key_mask=key_mask).data
+    split = F.scaled_dot_product_attention(*(mm.Tensor(a) for a in qkv), key_mask=key_mask).data
+    np.testing.assert_array_equal(packed, split)  # the same kernel on the same numbers
+
+
 def test_cross_entropy_gradient(reference_backend):
     targets = np.array([[1, -100, 4], [0, 2, -100]])
     check_gradients(lambda z: F.cross_entropy(z, targets), rng.standard_normal((2, 3, 5)))

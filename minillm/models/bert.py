@@ -140,7 +140,7 @@ class BertSelfAttention(Module):
         qkv = F.linear(x, w, b).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)     # (3, B, H, T, D)
         if self.training and self.dropout_p > 0:
             _warn_attention_dropout(self.dropout_p)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], key_mask=key_mask)  # (B, H, T, D)
+        out = F.packed_attention(qkv, key_mask=key_mask)                                   # (B, H, T, D)
         return out.transpose(0, 2, 1, 3).reshape(B, T, C)                                # (B, T, C)
 
 
