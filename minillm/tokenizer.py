@@ -41,6 +41,10 @@ from pathlib import Path
 import numpy as np
 
 SPECIAL_TOKEN_ROLES = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+# The constructor arguments tokenizer_config.json carries (written by save_pretrained, read by from_pretrained).
+SAVED_SETTINGS = frozenset({"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
+                            "strip_accents", "model_max_length", "clean_up_tokenization_spaces",
+                            *SPECIAL_TOKEN_ROLES})
 _PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
 _TRUNCATION = {False: None, "do_not_truncate": None, True: "longest_first", "longest_first": "longest_first",
                "only_first": "only_first", "only_second": "only_second"}
@@ -283,15 +287,14 @@ class BertTokenizer:
         config = directory / "tokenizer_config.json"
         if config.is_file():
             raw = json.loads(config.read_text(encoding="utf-8"))
-            known = {"do_lower_case", "do_basic_tokenize", "never_split", "tokenize_chinese_chars",
-                     "strip_accents", "model_max_length", "clean_up_tokenization_spaces", *SPECIAL_TOKEN_ROLES}
-            for key in known & raw.keys():
+            for key in SAVED_SETTINGS & raw.keys():
                 value = raw[key]
                 if isinstance(value, dict) and "content" in value:  # transformers' serialized AddedToken
                     value = value["content"]
                 settings[key] = value
-            if settings.get("model_max_length", 0) > 10**9:  # transformers writes 1e30 for "no limit"
-                settings.pop("model_max_length")
+            limit = settings.get("model_max_length")
+            if limit is not None and limit > 10**9:  # transformers writes 1e30 for "no limit"; we write null
+                settings["model_max_length"] = None
         settings.update(kwargs)
         return cls(directory / "vocab.txt", **settings)
 
@@ -304,12 +307,14 @@ class BertTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         specials = {role: getattr(self, role) for role in SPECIAL_TOKEN_ROLES}
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.do_lower_case,
-                  "do_basic_tokenize": self.do_basic_tokenize,
-                  "never_split": sorted(self.basic_tokenizer.never_split) or None,
-                  "tokenize_chinese_chars": self.tokenize_chinese_chars, "strip_accents": self.strip_accents,
-                  "model_max_length": self.model_max_length,
-                  "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces, **specials}
+        # Every key of SAVED_SETTINGS, and only those: from_pretrained reads back exactly what is written here.
+        settings = {"do_lower_case": self.do_lower_case, "do_basic_tokenize": self.do_basic_tokenize,
+                    "never_split": sorted(self.basic_tokenizer.never_split) or None,
+                    "tokenize_chinese_chars": self.tokenize_chinese_chars, "strip_accents": self.strip_accents,
+                    "model_max_length": self.model_max_length,  # None (no limit) is written as null
+                    "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces, **specials}
+        assert settings.keys() == SAVED_SETTINGS, "save_pretrained and SAVED_SETTINGS disagree"
+        config = {"tokenizer_class": "BertTokenizer", **settings}
         files = {"vocab.txt": "".join(t + "\n" for t in self.ids_to_tokens),
                  "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                  "special_tokens_map.json": json.dumps(specials, indent=2) + "\n"}

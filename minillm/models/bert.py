@@ -53,16 +53,52 @@ class BertConfig:
     extra: dict = field(default_factory=dict, repr=False)  # unknown config.json keys, kept for round trips
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"BertConfig: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}"
-            )
-        if self.hidden_act not in ("gelu",):
-            raise ValueError(f"BertConfig: hidden_act {self.hidden_act!r} is not supported (only 'gelu')")
         if self.id2label is not None:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
             self.num_labels = len(self.id2label)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field for any value the model cannot be built or run with.
+
+        Checked at construction, so a bad config.json fails when it is read (from_json adds the file's
+        name), not as a ZeroDivisionError or a shape error deep inside the first forward pass.
+        """
+        def fail(name, why):
+            raise ValueError(f"BertConfig: {name} = {getattr(self, name)!r} {why}")
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_real(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "num_labels"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                fail(name, "must be a positive integer")
+        if self.hidden_size % self.num_attention_heads:
+            fail("hidden_size", f"is not divisible by num_attention_heads = {self.num_attention_heads} "
+                                "(each head gets hidden_size / num_attention_heads channels)")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is None and name == "classifier_dropout":  # None: use hidden_dropout_prob
+                continue
+            if not is_real(value) or not 0.0 <= value < 1.0:
+                fail(name, "must be a probability in [0, 1)")
+        for name in ("initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not is_real(value) or not 0.0 < value < float("inf"):
+                fail(name, "must be a positive number")
+        if self.pad_token_id is not None and (not is_int(self.pad_token_id)
+                                              or not 0 <= self.pad_token_id < self.vocab_size):
+            fail("pad_token_id", f"must be a token id in [0, vocab_size = {self.vocab_size})")
+        if self.hidden_act not in ("gelu",):
+            fail("hidden_act", "is not supported (only 'gelu', the exact erf form BERT uses)")
+        if self.extra.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"BertConfig: position_embedding_type = {self.extra['position_embedding_type']!r} is "
+                             "not supported (only 'absolute' learned positions)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
@@ -71,11 +107,18 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path) -> "BertConfig":
+        """Read a config.json; a value the model cannot use raises ValueError naming the file and the field."""
         with open(path, encoding="utf-8") as f:
             try:
-                return cls.from_dict(json.load(f))
+                d = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     def to_dict(self) -> dict:
         d = asdict(self)
