@@ -1,7 +1,8 @@
 """Hypothesis strategies made once and reused by every kernel test.
 
 Shapes include size 1 and odd sizes on purpose (non-multiples of any tile size); values are bounded
-floats, with separate strategies for extreme logits (around +-1e4) and rows of equal values.
+floats, with separate strategies for extreme logits (around +-1e4), rows of equal values and rows that
+differ by a few ulps of their mean (where a float32 mean's rounding matters).
 """
 import numpy as np
 from hypothesis import strategies as st
@@ -12,7 +13,12 @@ SMALL_DIMS = st.sampled_from([1, 2, 3, 5, 7, 8, 13])
 
 @st.composite
 def arrays(draw, shape, dtype=np.float32, scale=None, kind=None):
-    """A random array of `shape`. kind: None (normal * scale), "extreme" (around +-1e4), "constant"."""
+    """A random array of `shape`.
+
+    kind: None (drawn), "normal" (normal * scale), "extreme" (uniform in +-1e4), "tiny" (normal * 1e-6),
+    "constant" (each row along the last axis one value), or "near_constant" (each row one value v, of
+    magnitude 1e-3 .. 1e3, times 1 + r * normal with r from 2^-22 (a couple of ulps) to 1e-5; explicit only).
+    """
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     kind = kind or draw(st.sampled_from(["normal", "normal", "normal", "extreme", "constant", "tiny"]))
@@ -23,6 +29,10 @@ def arrays(draw, shape, dtype=np.float32, scale=None, kind=None):
         x = rng.uniform(-1e4, 1e4, shape)
     elif kind == "tiny":
         x = rng.standard_normal(shape) * 1e-6
+    elif kind == "near_constant":
+        v = rng.choice([-1.0, 1.0], shape[:-1] + (1,)) * 10.0 ** rng.uniform(-3, 3, shape[:-1] + (1,))
+        r = draw(st.sampled_from([2.0**-22, 2.0**-20, 1e-6, 1e-5]))
+        x = v * (1 + r * rng.standard_normal(shape))
     else:  # every entry of a row equal
         x = np.broadcast_to(rng.standard_normal(shape[:-1] + (1,)) * 3, shape).copy()
     return x.astype(dtype)

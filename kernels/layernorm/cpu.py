@@ -14,6 +14,11 @@ Versions (each checked against reference.py by the tests and by benchmarks/kerne
             sums (chunks of CHUNK rows, fixed size, so the sums are identical whatever the thread count);
             then the (n_chunks, C) partials are reduced in a fixed order. No races, deterministic. The winner.
 
+Numerics, in every version (see reference.py for the why): the forward takes its statistics of the row
+shifted by its first element, d = x - x_0, so a constant row gives exactly xhat = 0 and y = bias even at
+eps = 1e-12 (rstd = 1e6); the backward re-centres x - mean on its row average before forming xhat, which
+removes the rounding of the float32 mean.
+
 Inputs are converted to float32 C-contiguous arrays in the Python wrapper and viewed as (N, C) rows;
 shape mismatches raise ValueError naming the op and the shapes. Outputs are float32.
 Tip: NUMBA_DISABLE_JIT=1 runs these kernels as Python for stepping through in a debugger.
@@ -32,22 +37,43 @@ ONE = np.float32(1.0)
 CHUNK = 32  # rows per partial sum in the backward: fixed, so results do not depend on the thread count
 
 
+@njit(cache=True, inline="always")
+def _sum8_minus(a, s):
+    """sum_c (a[c] - s) with 8 lanes (see kernels.fastexp.sum8): the sum of a row shifted by s."""
+    n = a.shape[0]
+    n8 = n - n % 8
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
+    for j in range(0, n8, 8):
+        a0 += a[j] - s
+        a1 += a[j + 1] - s
+        a2 += a[j + 2] - s
+        a3 += a[j + 3] - s
+        a4 += a[j + 4] - s
+        a5 += a[j + 5] - s
+        a6 += a[j + 6] - s
+        a7 += a[j + 7] - s
+    for j in range(n8, n):
+        a0 += a[j] - s
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
 @njit(cache=True, parallel=True)
 def _fwd_v1(x, w, b, eps, y, mean, rstd):
     N, C = x.shape
     for i in prange(N):
+        x0 = x[i, 0]  # shift: statistics of d = x - x0, exact zeros for a constant row
         s = ZERO
         for c in range(C):
-            s += x[i, c]
-        mu = s / np.float32(C)
+            s += x[i, c] - x0
+        dmu = s / np.float32(C)
         ss = ZERO
         for c in range(C):
-            d = x[i, c] - mu
+            d = (x[i, c] - x0) - dmu
             ss += d * d
         r = ONE / np.sqrt(ss / np.float32(C) + eps)
         for c in range(C):
-            y[i, c] = (x[i, c] - mu) * r * w[c] + b[c]
-        mean[i] = mu
+            y[i, c] = ((x[i, c] - x0) - dmu) * r * w[c] + b[c]
+        mean[i] = x0 + dmu
         rstd[i] = r
 
 
@@ -56,30 +82,41 @@ def _fwd_v2(x, w, b, eps, y, mean, rstd):
     N, C = x.shape
     for i in prange(N):
         xr, yr = x[i], y[i]  # (C,) views
-        mu = sum8(xr) / np.float32(C)
+        x0 = xr[0]  # shift: statistics of d = x - x0, exact zeros for a constant row
+        dmu = _sum8_minus(xr, x0) / np.float32(C)
         for c in range(C):  # centred row, parked in y (in L1) for the variance
-            yr[c] = xr[c] - mu
+            yr[c] = (xr[c] - x0) - dmu
         r = ONE / np.sqrt(dot8(yr, yr) / np.float32(C) + eps)
         for c in range(C):
             yr[c] = yr[c] * r * w[c] + b[c]
-        mean[i] = mu
+        mean[i] = x0 + dmu
         rstd[i] = r
+
+
+@njit(cache=True)
+def _row_offset_v1(xr, mu):
+    """mean_c(x - mu): the rounding error of the float32 mean mu, removed from x - mu before use."""
+    s = ZERO
+    for c in range(xr.shape[0]):
+        s += xr[c] - mu
+    return s / np.float32(xr.shape[0])
 
 
 @njit(cache=True, parallel=True)
 def _bwd_dx_v1(dy, x, w, mean, rstd, dx):
     N, C = x.shape
     for i in prange(N):
+        off = _row_offset_v1(x[i], mean[i])
         sg = ZERO
         sgx = ZERO
         for c in range(C):
             g = dy[i, c] * w[c]
             sg += g
-            sgx += g * (x[i, c] - mean[i]) * rstd[i]
+            sgx += g * ((x[i, c] - mean[i]) - off) * rstd[i]
         sg /= np.float32(C)
         sgx /= np.float32(C)
         for c in range(C):
-            xhat = (x[i, c] - mean[i]) * rstd[i]
+            xhat = ((x[i, c] - mean[i]) - off) * rstd[i]
             dx[i, c] = rstd[i] * (dy[i, c] * w[c] - sg - xhat * sgx)
 
 
@@ -87,8 +124,9 @@ def _bwd_dx_v1(dy, x, w, mean, rstd, dx):
 def _bwd_dwdb_v1(dy, x, mean, rstd, dw, db):
     N, C = x.shape
     for i in range(N):
+        off = _row_offset_v1(x[i], mean[i])
         for c in range(C):
-            dw[c] += dy[i, c] * (x[i, c] - mean[i]) * rstd[i]
+            dw[c] += dy[i, c] * ((x[i, c] - mean[i]) - off) * rstd[i]
             db[c] += dy[i, c]
 
 
@@ -128,8 +166,9 @@ def _bwd_v2(dy, x, w, mean, rstd, dx, dw, db):
         for i in range(k * CHUNK, min(N, (k + 1) * CHUNK)):
             xr, dyr, dxr = x[i], dy[i], dx[i]
             mu, r = mean[i], rstd[i]
+            off = _sum8_minus(xr, mu) / np.float32(C)  # rounding of the float32 mean: re-centre x - mu
             for c in range(C):  # park xhat in dx's row (in L1) and accumulate the weight/bias partials
-                xh = (xr[c] - mu) * r
+                xh = ((xr[c] - mu) - off) * r
                 dxr[c] = xh
                 dwk[c] += dyr[c] * xh
                 dbk[c] += dyr[c]
@@ -157,6 +196,8 @@ def _make_fwd(kernel):
                 f"got weight {w.shape}, bias {b.shape}"
             )
         C = x.shape[-1]
+        if C == 0:
+            raise ValueError(f"layernorm_fwd: x has shape {x.shape}: the normalized axis is empty (mean undefined)")
         x2 = x.reshape(-1, C)  # (..., C) -> (N, C)
         y = np.empty_like(x2)
         mean = np.empty(x2.shape[0], np.float32)

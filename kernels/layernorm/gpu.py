@@ -5,8 +5,10 @@
     layernorm_bwd(dy, x, weight, mean, rstd) -> (dx, dweight, dbias)
 
 Same semantics as kernels/layernorm/reference.py: x is (..., C), weight and bias (C,), mean and rstd have
-x's leading shape. dweight and dbias are reduced over all rows deterministically (two kernels, no
-atomics; see layernorm.cu), so repeated runs give bit-identical gradients.
+x's leading shape; the same numerics (statistics of the row shifted by its first element, so a constant row
+gives y = bias exactly even at eps = 1e-12; the backward re-centres x - mean). dweight and dbias are
+reduced over all rows deterministically (two kernels, no atomics; see layernorm.cu), so repeated runs give
+bit-identical gradients.
 
 Importing this module needs neither CuPy nor a GPU; the first call compiles layernorm.cu with NVRTC.
 """
@@ -59,16 +61,17 @@ def layernorm_bwd(dy, x, weight, mean, rstd):
     dbias = cp.zeros((C,), dtype=cp.float32)
     if N == 0 or C == 0:
         return dx, dweight, dbias
+    off = cp.empty((N,), dtype=cp.float32)  # per-row rounding of `mean`, removed from x - mean (layernorm.cu)
     get_kernel(_CU, "layernorm_bwd_dx")(
         (cdiv(N, WARPS_PER_BLOCK),), (WARPS_PER_BLOCK * WARP,),
-        (dy, x, weight, mean, rstd, dx, i32(N), i32(C)),
+        (dy, x, weight, mean, rstd, dx, off, i32(N), i32(C)),
     )
     n_chunks = cdiv(N, ROWS_PER_CHUNK)
     if n_chunks > 65535:  # gridDim.y limit of the partial-sum kernel
         raise ValueError(f"layernorm_bwd: {N} rows is more than {65535 * ROWS_PER_CHUNK}; split the batch")
     partial = cp.empty((n_chunks, 2, C), dtype=cp.float32)  # per-chunk (dweight, dbias)
     get_kernel(_CU, "layernorm_bwd_params_partial")(
-        (cdiv(C, COLS_PER_BLOCK), n_chunks), (COLS_PER_BLOCK,), (dy, x, mean, rstd, partial, i32(N), i32(C)),
+        (cdiv(C, COLS_PER_BLOCK), n_chunks), (COLS_PER_BLOCK,), (dy, x, mean, off, rstd, partial, i32(N), i32(C)),
     )
     get_kernel(_CU, "layernorm_bwd_params_reduce")(
         (cdiv(C, COLS_PER_BLOCK),), (COLS_PER_BLOCK,), (partial, dweight, dbias, i32(n_chunks), i32(C)),

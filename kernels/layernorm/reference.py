@@ -6,8 +6,20 @@
     xhat = (x - mean) * rstd
     y    = xhat * weight + bias
 
-`mean` and `rstd` are returned so that the backward pass does not recompute them. A constant row has
-var = 0, so rstd = 1/sqrt(eps) is finite (eps > 0) and xhat = 0: y = bias, never NaN.
+`mean` and `rstd` are returned so that the backward pass does not recompute them.
+
+Numerics: constant and near-constant rows. With BERT's eps = 1e-12, rstd of a (nearly) constant row is up
+to 1/sqrt(eps) = 1e6, which multiplies any error in x - mean by a million. A float32 mean of a row of
+3.3s is off by one ulp (2.4e-7), and xhat would come out as ~0.2 instead of 0. So every statistic is taken
+of the row *shifted by its first element* s = x_0:
+
+    d = x - s         exact when x_c is within a factor 2 of s (Sterbenz): a (nearly) constant row
+    mean = s + (1/C) sum_c d_c       xc = d - (1/C) sum_c d_c       var = (1/C) sum_c xc^2
+
+A constant row gives d = 0 exactly, hence xhat = 0 and y = bias exactly (rstd = 1/sqrt(eps), finite);
+a near-constant row has its small deviations summed without the rounding error of its large mean. The
+shift costs one subtraction per entry. The returned float32 `mean` is still rounded (its exact value may
+not be representable), so the backward re-centres x - mean on its own mean before using it (see there).
 
 What this is not: fast (it makes several passes and temporaries); see cpu.py. Works in float32 and float64.
 """
@@ -33,11 +45,16 @@ def layernorm_fwd(x, weight, bias, eps):
             f"layernorm_fwd: x has shape {x.shape}, so weight and bias must be ({C},); "
             f"got weight {weight.shape}, bias {bias.shape}"
         )
-    mean = x.mean(axis=-1)  # (...,)
-    xc = x - mean[..., None]  # (..., C)
+    if C == 0:
+        raise ValueError(f"layernorm_fwd: x has shape {x.shape}: the normalized axis is empty (mean undefined)")
+    shift = x[..., :1]  # (..., 1) each row's first value: see "Numerics" above
+    d = x - shift  # (..., C) exact for a (nearly) constant row
+    d_mean = d.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = d - d_mean  # (..., C) the centred row, x - mean
     var = (xc * xc).mean(axis=-1)  # (...,)
     rstd = (1.0 / np.sqrt(var + eps)).astype(x.dtype)  # (...,)
     y = xc * rstd[..., None] * weight + bias  # (..., C)
+    mean = (shift + d_mean)[..., 0]  # (...,)
     return y.astype(x.dtype), mean.astype(x.dtype), rstd
 
 
@@ -53,6 +70,11 @@ def layernorm_bwd(dy, x, weight, mean, rstd):
         collecting the three paths:
         dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))      (per row; mean_c = average over C)
 
+    xhat is recomputed from x, mean and rstd. `mean` is rounded to x's dtype, so x - mean is off by up to
+    half an ulp of the mean, the same for the whole row; on a near-constant row, times rstd ~ 1e6, that
+    offset would dominate xhat. Subtracting the row's own average of x - mean removes it (its exact value
+    is 0), and x - mean itself is exact there (Sterbenz), so xhat is as accurate as in the forward pass.
+
     Args:
         dy, x: (..., C); weight: (C,); mean, rstd: x.shape[:-1] (from layernorm_fwd).
     """
@@ -62,7 +84,9 @@ def layernorm_bwd(dy, x, weight, mean, rstd):
             f"layernorm_bwd: shapes do not fit together: dy {dy.shape}, x {x.shape}, weight {weight.shape}, "
             f"mean {mean.shape}, rstd {rstd.shape} (want dy = x = (..., C), weight (C,), mean = rstd = (...))"
         )
-    xhat = (x - mean[..., None]) * rstd[..., None]  # (..., C)
+    xc = x - mean[..., None]  # (..., C)
+    xc = xc - xc.mean(axis=-1, keepdims=True)  # (..., C) re-centred: removes the rounding of `mean`
+    xhat = xc * rstd[..., None]  # (..., C)
     g = dy * weight  # (..., C) dL/dxhat
     g_mean = g.mean(axis=-1, keepdims=True)  # (..., 1)
     gx_mean = (g * xhat).mean(axis=-1, keepdims=True)  # (..., 1)
