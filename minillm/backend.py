@@ -65,8 +65,60 @@ def kernels_for(array):
     return kernels.get(_backend)
 
 
+def normalize_index(shape, index, op: str = "indexing", like=None):
+    """`index` with every integer-array part made non-negative and checked against `shape`.
+
+    NumPy reads -1 as the last entry of an axis, so one row can be spelled two ways (-1 and n - 1). Code
+    that groups equal ids (scatter_add's fast path below) would take them for two rows and lose a
+    gradient. After this function each entry has one spelling, in [0, n); an id outside [-n, n) raises an
+    IndexError that names the op, the axis and the shape. Ints, slices, None, Ellipsis and bool masks pass
+    through unchanged (they cannot spell one entry twice); a list of ints becomes an integer array (of
+    the array module of `like`, the array being indexed, when given).
+    """
+    parts = index if isinstance(index, tuple) else (index,)
+    parts = tuple(_as_index_array(p, like) for p in parts)
+
+    def width(p):  # how many axes of `shape` an index part consumes
+        if p is None or p is Ellipsis or isinstance(p, (bool, np.bool_)):
+            return 0
+        if hasattr(p, "dtype") and hasattr(p, "ndim") and p.dtype == bool:
+            return p.ndim  # a mask covers as many axes as it has (a 0-d one, none)
+        return 1
+
+    in_ellipsis = len(shape) - sum(width(p) for p in parts)
+    out, axis = [], 0
+    for p in parts:
+        if p is Ellipsis:
+            axis += max(in_ellipsis, 0)
+        elif (isinstance(p, np.ndarray) or is_cupy(p)) and p.dtype.kind in "iu":
+            if axis >= len(shape):
+                raise IndexError(f"{op}: too many indices for an array of shape {tuple(shape)}")
+            n = shape[axis]
+            if p.size:
+                lo, hi = int(p.min()), int(p.max())
+                if lo < -n or hi >= n:
+                    raise IndexError(
+                        f"{op}: index {lo if lo < -n else hi} is out of range for axis {axis} of an array of "
+                        f"shape {tuple(shape)} (valid: {-n} .. {n - 1})"
+                    )
+                if lo < 0:
+                    p = xp(p).where(p < 0, p + n, p)
+        axis += 0 if p is Ellipsis else width(p)
+        out.append(p)
+    return tuple(out) if isinstance(index, tuple) else out[0]
+
+
+def _as_index_array(p, like=None):
+    """A list of ints (or bools) as an array, so that it is normalized like one; anything else unchanged."""
+    if isinstance(p, list):
+        a = np.asarray(p)
+        return (a if like is None else xp(like).asarray(a)) if a.dtype.kind in "biu" else p
+    return p
+
+
 def scatter_add(target, index, values) -> None:
     """target[index] += values, adding repeated indices (the backward of a gather/embedding lookup)."""
+    index = normalize_index(target.shape, index, "scatter_add", like=target)
     if is_cupy(target):
         import cupyx
 

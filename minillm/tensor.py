@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from .backend import is_cupy, scatter_add, to_device, xp
+from .backend import is_cupy, normalize_index, scatter_add, to_device, xp
 
 _state = threading.local()
 
@@ -348,8 +348,15 @@ class Tensor:
         return self.transpose()
 
     def __getitem__(self, index):
-        """Basic and advanced indexing; the backward scatters (adds) into a zero array."""
+        """Basic and advanced indexing; the backward scatters (adds) into a zero array.
+
+        Integer-array indices are normalized first (negative ids to [0, n), out-of-range ids an IndexError
+        naming the shape), so that the backward sees one spelling of each entry (see normalize_index).
+        """
+        if isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
         index = index.data if isinstance(index, Tensor) else index
+        index = normalize_index(self.shape, index, "Tensor indexing", like=self.data)
         basic = all(i is None or i is Ellipsis or isinstance(i, (int, slice))
                     for i in (index if isinstance(index, tuple) else (index,)))
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from gradcheck import check_gradients
+from hypothesis import given, strategies as st
 
 import minillm as mm
 from minillm.tensor import dropout
@@ -56,6 +57,9 @@ def test_binary_ops_and_broadcast_gradients(name, op, sa, sb):
     ("T", lambda x: x.T, r),
     ("slice", lambda x: x[1:, ::2], r),
     ("fancy-repeat", lambda x: x[np.array([0, 1, 1, 0])], r),
+    ("fancy-negative", lambda x: x[np.array([-2, 0, 1, -1])], r),           # row 0 spelled 0 and -2
+    ("fancy-negative-axis2", lambda x: x[:, 1:, [3, -1, 0, -4]], r),        # a list, after a slice
+    ("take-negative", lambda x: x.take(np.array([[-1, 3], [0, -4]]), axis=2), r),
     ("take-axis1", lambda x: x.take(np.array([[2, 0], [2, 2]]), axis=1), r),
     ("masked_fill", lambda x: x.masked_fill(np.array([True, False, True, False]), -3.0), r),
     ("astype32-64", lambda x: x.astype(np.float64), r),
@@ -118,6 +122,49 @@ def test_deep_graph_10000_ops_is_iterative():
         y = y * 1.0001 + 0.0
     y.backward(np.ones(1))
     np.testing.assert_allclose(x.grad, [1.0001 ** 10_000], rtol=1e-9)
+
+
+def test_negative_index_gradient_adds_up():
+    """-1 and 3 are one row of a (4, C) tensor: its gradient is 2, not 1 (the fast scatter path grouped ids)."""
+    w = mm.Tensor(np.ones((4, 3), np.float32), requires_grad=True)
+    w[np.array([-1, 3])].sum().backward()
+    np.testing.assert_array_equal(w.grad, [[0, 0, 0], [0, 0, 0], [0, 0, 0], [2, 2, 2]])
+    e = mm.Tensor(np.ones((5, 2), np.float32), requires_grad=True)
+    e.take(np.array([[0, -5], [4, -1]])).sum().backward()  # an embedding lookup with negative ids
+    np.testing.assert_array_equal(e.grad[:, 0], [2, 0, 0, 0, 2])
+
+
+@given(st.data())
+def test_scatter_add_matches_np_add_at(data):
+    """Every path of scatter_add (the fast sorted path, np.add.at) against NumPy's unbuffered np.add.at,
+    with ids anywhere in [-n, n): negative and positive spellings of one row must add up."""
+    from minillm.backend import scatter_add
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n, c = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 4))
+    ids = rng.integers(-n, n, data.draw(st.sampled_from([(0,), (5,), (3, 4)])))
+    index = data.draw(st.sampled_from(["rows", "columns", "pair"]))
+    shape, index = {"rows": ((n, c), ids), "columns": ((c, n), (slice(None), ids)),
+                    "pair": ((n, n), (ids, ids[::-1]))}[index]
+    values = rng.standard_normal(np.zeros(shape)[index].shape)
+    got, want = np.zeros(shape), np.zeros(shape)
+    scatter_add(got, index, values)
+    np.add.at(want, index, values)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)  # float64 sums in another order
+
+
+def test_out_of_range_index_is_a_clear_error():
+    w = mm.Tensor(np.ones((4, 3), np.float32), requires_grad=True)
+    with pytest.raises(IndexError, match=r"index 4 .*axis 0.*shape \(4, 3\).*-4 \.\. 3"):
+        w[np.array([0, 4])]
+    with pytest.raises(IndexError, match=r"index -5 .*shape \(4, 3\)"):
+        w.take(np.array([-5]))
+    with pytest.raises(IndexError, match=r"index 3 .*axis 1.*shape \(4, 3\)"):
+        w[:, [0, 3]]
+    from minillm.backend import scatter_add
+
+    with pytest.raises(IndexError, match=r"scatter_add.*shape \(4, 3\)"):
+        scatter_add(np.zeros((4, 3)), np.array([7]), np.ones((1, 3)))
 
 
 def test_no_grad_and_detach():
