@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evals-per-epoch", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (overrides --evals-per-epoch)")
     p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--validation-fraction", type=float, default=0.05,
+                   help="share of --train held out to choose the checkpoint (at most 1,000 rows); --eval is "
+                        "scored once, at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     _add_backend(p)
@@ -96,18 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_backend(args) -> None:
+def _setup_backend(args) -> str:
+    """Set the kernel backend; return the device ("cpu" or "cuda") that run() hands to every path explicitly.
+
+    --device cuda means the cupy kernels on GPU arrays; the CPU backends cannot run there, nor cupy on the CPU.
+    """
     from . import set_backend
 
-    if getattr(args, "device", "cpu") == "cuda":
-        set_backend("cupy")
-        os.environ["MINILLM_DEVICE"] = "cuda"
-    elif getattr(args, "backend", None):
-        set_backend(args.backend)
+    device, backend = getattr(args, "device", "cpu"), getattr(args, "backend", None)
+    if device == "cuda":
+        if backend not in (None, "cupy"):
+            raise ValueError(f"--device cuda runs the cupy kernels, --backend {backend} runs on the CPU; drop one")
+        set_backend("cupy")  # fails here, with the install hint, when CuPy is missing
+    elif backend == "cupy":
+        raise ValueError("--backend cupy needs --device cuda (the cupy kernels run on GPU arrays)")
+    elif backend:
+        set_backend(backend)
+    return device
 
 
 def run(args) -> int:
-    _setup_backend(args)
+    device = _setup_backend(args)
     if args.command == "pretrain":
         from .train.pretrain import PretrainArgs, pretrain
 
@@ -115,7 +127,7 @@ def run(args) -> int:
             corpus=args.corpus, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
             seq_len=args.seq_len, seed=args.seed, lr=args.lr, vocab=args.vocab, vocab_size=args.vocab_size,
             grad_accum=args.grad_accum, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            whole_word=args.whole_word, resume=args.resume, sparse_head=not args.dense_head))
+            whole_word=args.whole_word, resume=args.resume, sparse_head=not args.dense_head, device=device))
         print(json.dumps(result))
     elif args.command == "finetune":
         from .train.finetune import FinetuneArgs, finetune
@@ -124,7 +136,7 @@ def run(args) -> int:
             model=args.model, train=args.train, eval=args.eval, out=args.out, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, num_labels=args.num_labels,
             max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, eval_every=args.eval_every,
-            resume=args.resume))
+            resume=args.resume, validation_fraction=args.validation_fraction, device=device))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":
         from .train.finetune import DEFAULT_LABEL_WORDS, DEFAULT_PROMPT, evaluate_path, evaluate_zero_shot
@@ -133,9 +145,9 @@ def run(args) -> int:
             words = DEFAULT_LABEL_WORDS if not args.label_words else tuple(
                 tuple(w.strip() for w in group.split(",") if w.strip()) for group in args.label_words.split(";"))
             result = evaluate_zero_shot(args.model, args.data, args.prompt or DEFAULT_PROMPT, words,
-                                        calibrate=not args.no_calibrate)
+                                        calibrate=not args.no_calibrate, device=device)
         else:
-            result = evaluate_path(args.model, args.data)
+            result = evaluate_path(args.model, args.data, device=device)
         print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1']:.4f}  n {result['n']}")
         print("confusion (rows: true label, columns: predicted):")
         for i, row in enumerate(result["confusion"]):
@@ -144,13 +156,14 @@ def run(args) -> int:
     elif args.command == "predict":
         from .train.finetune import predict
 
-        for r in predict(args.model, args.texts):
+        for r in predict(args.model, args.texts, device=device):
             print(f"{r['label']}\t{r['probability']:.3f}\t{r['text']}")
     elif args.command == "demo":
         from .train.demo import DemoArgs, demo
 
         demo(DemoArgs(out=args.out, minutes=args.minutes, pretrain_steps=args.pretrain_steps,
-                      finetune_steps=args.finetune_steps, preset=args.preset, data=args.data, seed=args.seed))
+                      finetune_steps=args.finetune_steps, preset=args.preset, data=args.data, seed=args.seed,
+                      device=device))
     elif args.command == "bench":
         import runpy
         from pathlib import Path

@@ -38,6 +38,7 @@ class DemoArgs:
     preset: str = "tiny"
     data: str | None = None
     seed: int = 0
+    device: str = "cpu"
 
 
 def demo(args: DemoArgs) -> Path:
@@ -60,21 +61,21 @@ def demo(args: DemoArgs) -> Path:
     t = time.perf_counter()
     pre = pretrain(PretrainArgs(corpus=corpus, out=str(out / "pretrained"), preset=args.preset, steps=pre_steps,
                                 batch_size=32, seq_len=64, seed=args.seed, lr=1e-3, vocab_size=8000,
-                                checkpoint_every=max(50, pre_steps // 4)))
+                                checkpoint_every=max(50, pre_steps // 4), device=args.device))
     pre_time = time.perf_counter() - t
 
-    zero = evaluate_zero_shot(out / "pretrained", sst2 / "dev.tsv")
+    zero = evaluate_zero_shot(out / "pretrained", sst2 / "dev.tsv", device=args.device)
     print(f"demo: zero-shot SST-2 dev accuracy {zero['accuracy']:.3f} (chance 0.51)")
 
     t = time.perf_counter()
     finetune(FinetuneArgs(model=str(out / "pretrained"), train=str(sst2 / "train.tsv"), eval=str(sst2 / "dev.tsv"),
                           out=str(out / "finetuned"), epochs=10.0, lr=1e-4, batch_size=32, max_length=64,
-                          seed=args.seed, max_steps=ft_steps, eval_every=max(1, ft_steps // 4)))
+                          seed=args.seed, max_steps=ft_steps, eval_every=max(1, ft_steps // 4), device=args.device))
     ft_time = time.perf_counter() - t
-    final = evaluate_path(out / "finetuned", sst2 / "dev.tsv")
+    final = evaluate_path(out / "finetuned", sst2 / "dev.tsv", device=args.device)
     print(f"demo: fine-tuned SST-2 dev accuracy {final['accuracy']:.3f}")
 
-    predictions = predict(out / "finetuned", EXAMPLES)
+    predictions = predict(out / "finetuned", EXAMPLES, device=args.device)
     for r in predictions:
         print(f"  {r['label']:>8} {r['probability']:.2f}  {r['text']}")
     report = write_report(out, args, pre, zero, final, predictions, pre_steps, ft_steps, pre_time, ft_time,

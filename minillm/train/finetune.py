@@ -2,42 +2,55 @@
 zero-shot classification through a cloze prompt read by the MLM head.
 
 Fine-tuning puts a fresh linear layer on the pooled [CLS] vector and trains everything with the shared
-loop (warm-up, decay, clipping, evaluation every epoch; the best model by dev accuracy is kept).
+loop (warm-up, decay, clipping, periodic evaluation). Model selection and the final number are kept
+apart: a seeded validation split carved from the *training* file (5%, at most 1,000 rows, never trained
+on) picks the best checkpoint; the `--eval` file is scored once, at the end, on that checkpoint. A
+number measured on the data that chose the model would flatter it. metrics.jsonl says which is which:
+eval rows carry `"eval_split": "validation"` or `"eval_split": "dev"`.
 
 Zero-shot: no labelled example at all. The sentence is wrapped in a prompt such as
 `<sentence> it was [MASK] .` and the MLM head's scores for label words at the [MASK] decide:
 P(label c) is proportional to sum over c's words of P(word | prompt). What the model learned about
-language during pretraining is all it has.
+language during pretraining is all it has. A sentence too long for the model is cut, never the prompt:
+the prompt's pieces and the sentence are tokenized separately and only the sentence's ids are trimmed,
+so the [MASK] is always there to be read.
 
 Calibration (Zhao et al. 2021, "Calibrate before use"): a small model's scores are dominated by how
 frequent each label word is ("good" is simply more common than "terrible"), so every sentence gets the
 same label. Dividing each label's score by its score for a content-free input (the prompt with an empty
 sentence) removes that prior and leaves what the sentence itself changes. On by default; `--no-calibrate`.
+
+Every entry point takes `device` ("cpu" or "cuda"): the model is moved there once, and every batch goes
+there through `loop.on_device`.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..backend import xp
 from ..data import Batches, pad_batch, read_tsv
 from ..functional import softmax
 from ..models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from ..tensor import no_grad
 from ..tokenizer import BertTokenizer
+from .device import device_of, on_device
 from .loop import Trainer, TrainConfig
 
 DEFAULT_PROMPT = "{sentence} it was [MASK] ."
 DEFAULT_LABEL_WORDS = (("terrible", "bad", "awful"), ("great", "good", "wonderful"))  # label 0, label 1
 LABEL_NAMES = ("negative", "positive")
+MAX_VALIDATION_ROWS = 1000
 
 
 @dataclass
 class FinetuneArgs:
     model: str
     train: str
-    eval: str
+    eval: str                 # scored once, at the end, on the model chosen on the validation split
     out: str
     epochs: float = 3.0
     lr: float = 5e-5
@@ -49,16 +62,24 @@ class FinetuneArgs:
     evals_per_epoch: int = 1
     eval_every: int = 0       # > 0: evaluate every this many steps instead of evals_per_epoch
     resume: bool = False
+    validation_fraction: float = 0.05  # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
+    device: str = "cpu"
 
 
-def load_classifier(path, num_labels: int = 2) -> tuple[BertForSequenceClassification, BertTokenizer]:
-    """A classifier from a checkpoint folder: a fine-tuned one, or an encoder / MLM model (fresh head)."""
+def load_classifier(path, num_labels: int | None = None,
+                    device: str = "cpu") -> tuple[BertForSequenceClassification, BertTokenizer]:
+    """A classifier from a checkpoint folder: a fine-tuned one, or an encoder / MLM model (fresh head).
+
+    num_labels: None keeps the checkpoint's own (config.json's num_labels / id2label), which is what
+    evaluating or predicting with a fine-tuned model needs; a number sizes a fresh head for fine-tuning.
+    """
     import warnings
 
     path = Path(path)
     config = BertConfig.from_json(path / "config.json") if (path / "config.json").is_file() else None
     if config is None:
         raise FileNotFoundError(f"{path / 'config.json'}: missing; --model must be a checkpoint folder (HF layout)")
+    num_labels = config.num_labels if num_labels is None else num_labels
     if config.id2label is None or len(config.id2label) != num_labels:
         config.id2label = {i: (LABEL_NAMES[i] if num_labels == 2 else f"LABEL_{i}") for i in range(num_labels)}
         config.num_labels = num_labels
@@ -68,7 +89,7 @@ def load_classifier(path, num_labels: int = 2) -> tuple[BertForSequenceClassific
     fresh = [str(w.message) for w in caught if "initialised fresh" in str(w.message)]
     if fresh:
         print(f"{path}: no classification head yet; " + fresh[0].split(": ", 1)[1])
-    return model, BertTokenizer.from_pretrained(path)
+    return model.to(device), BertTokenizer.from_pretrained(path)
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict:
@@ -86,11 +107,12 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labe
 def predict_proba(model, batches: Batches) -> np.ndarray:
     """(N, num_labels) class probabilities, in the order of the data set."""
     model.eval()
+    device = device_of(model)
     probs = np.zeros((len(batches.sequences), model.config.num_labels), dtype=np.float32)
     with no_grad():
         for idx, batch in batches.iter_epoch(0, with_indices=True):
             batch.pop("labels", None)
-            probs[idx] = softmax(model(**batch).logits).numpy()
+            probs[idx] = softmax(model(**on_device(batch, device)).logits).numpy()
     return probs
 
 
@@ -103,16 +125,38 @@ def evaluate_classifier(model, batches: Batches) -> dict:
     return {"loss": loss, **metrics}
 
 
+def validation_split(n: int, fraction: float, seed: int,
+                     max_rows: int = MAX_VALIDATION_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows): disjoint sorted indices into n training examples, drawn with `seed`.
+
+    The validation part is round(fraction * n) rows, at least 1 and at most `max_rows`: enough to rank
+    checkpoints (the standard error of an accuracy near 0.8 on 1,000 rows is 1.3 points), not so many
+    that a large training set loses much.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--validation-fraction {fraction}: must be in (0, 1); the checkpoint is chosen on "
+                         "these held-out training rows, never on the --eval file")
+    n_val = min(max_rows, max(1, int(round(fraction * n))))
+    if n - n_val < 1:
+        raise ValueError(f"the training file has {n} rows: too few to hold out {n_val} for validation")
+    order = np.random.default_rng([seed, 0x7A1]).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def finetune(args: FinetuneArgs) -> dict:
-    """`minillm finetune`: train a classifier, keep the best checkpoint by eval accuracy in args.out."""
+    """`minillm finetune`: train a classifier; keep in args.out the checkpoint that scores best on the
+    validation split (held-out training rows); score args.eval once with it. Returns the args.eval metrics."""
     from ..tensor import manual_seed
 
-    model, tok = load_classifier(args.model, args.num_labels)
-    train_x, train_y = read_tsv(args.train, num_labels=args.num_labels)
-    eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels)
+    model, tok = load_classifier(args.model, args.num_labels, device=args.device)
+    sentences, labels = read_tsv(args.train, num_labels=args.num_labels)
+    eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels)  # read now: a bad file fails before training
+    train_rows, val_rows = validation_split(len(sentences), args.validation_fraction, args.seed)
     manual_seed(args.seed)
-    train = Batches.from_texts(train_x, train_y, tok, max_length=args.max_length, batch_size=args.batch_size,
-                               shuffle=True, seed=args.seed)
+    train = Batches.from_texts([sentences[i] for i in train_rows], labels[train_rows], tok,
+                               max_length=args.max_length, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    val = Batches.from_texts([sentences[i] for i in val_rows], labels[val_rows], tok, max_length=args.max_length,
+                             batch_size=64, shuffle=False)
     dev = Batches.from_texts(eval_x, eval_y, tok, max_length=args.max_length, batch_size=64, shuffle=False)
     per_epoch = len(train)
     steps = int(round(args.epochs * per_epoch))
@@ -134,29 +178,28 @@ def finetune(args: FinetuneArgs) -> dict:
                       eval_every=args.eval_every or max(1, per_epoch // max(1, args.evals_per_epoch)),
                       checkpoint_every=min(per_epoch, steps),
                       log_every=10, best_metric="accuracy")
-    trainer = Trainer(model, cfg, args.out, get_batch, evaluate=lambda m: evaluate_classifier(m, dev),
+    trainer = Trainer(model, cfg, args.out, get_batch,
+                      evaluate=lambda m: {"eval_split": "validation", **evaluate_classifier(m, val)},
                       save_model=lambda path: model.save_pretrained(path, tokenizer=tok),
-                      count_tokens=lambda b: int(b["attention_mask"].sum()), desc="finetune")
-    print(f"finetune: {len(train_x)} train / {len(eval_x)} eval sentences, {steps} steps "
+                      count_tokens=lambda b: int(b["attention_mask"].sum()), desc="finetune", device=args.device)
+    print(f"finetune: {len(train_rows)} train / {len(val_rows)} validation (held out of {args.train}, chooses "
+          f"the checkpoint) / {len(eval_x)} eval sentences (scored once, at the end), {steps} steps "
           f"({per_epoch} per epoch), batch {args.batch_size}, lr {args.lr}")
-    result = trainer.fit(resume=args.resume)
-    result["best_accuracy"] = trainer.best
-    return result
+    trainer.fit(resume=args.resume)
+
+    chosen, _ = load_classifier(args.out, device=args.device)  # the checkpoint the validation split chose
+    final = {"eval_split": "dev", **evaluate_classifier(chosen, dev)}
+    with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:  # the one row scored on --eval
+        f.write(json.dumps({"step": trainer.step, "split": "eval", **final}) + "\n")
+    print(f"finetune: {args.eval}: accuracy {final['accuracy']:.4f} of the checkpoint with the best validation "
+          f"accuracy ({trainer.best:.4f} on {len(val_rows)} held-out training rows)")
+    return {**final, "validation_accuracy": trainer.best, "validation_n": int(len(val_rows))}
 
 
 # --------------------------------------------------------------------------------------------------
 # zero-shot cloze
-def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prompt: str = DEFAULT_PROMPT,
-                     label_words=DEFAULT_LABEL_WORDS, batch_size: int = 64, max_length: int = 128,
-                     calibrate: bool = True) -> np.ndarray:
-    """(N, num_labels) probabilities of each label from the MLM head at the prompt's [MASK]."""
-    if calibrate:
-        prior = zero_shot_scores(model, tok, [""], prompt, label_words, calibrate=False)  # (1, num_labels)
-        scores = zero_shot_scores(model, tok, sentences, prompt, label_words, batch_size, max_length, False)
-        scores = scores / np.maximum(prior, 1e-30)
-        return scores / scores.sum(-1, keepdims=True)
-    if "{sentence}" not in prompt or "[MASK]" not in prompt:
-        raise ValueError(f"prompt {prompt!r} must contain '{{sentence}}' and '[MASK]'")
+def label_word_ids(tok: BertTokenizer, label_words) -> list[list[int]]:
+    """For each label, the ids of its words that are one token of the vocabulary (the others are dropped)."""
     word_ids = []
     for words in label_words:
         ids = [tok.convert_tokens_to_ids([w])[0] for w in words if len(tok.tokenize(w)) == 1]
@@ -164,31 +207,75 @@ def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prom
         if not ids:
             raise ValueError(f"none of the label words {list(words)} is a single token of this vocabulary")
         word_ids.append(ids)
-    texts = [prompt.replace("{sentence}", s.strip()).replace("[MASK]", tok.mask_token) for s in sentences]
+    return word_ids
+
+
+def encode_cloze(tok: BertTokenizer, sentences, prompt: str = DEFAULT_PROMPT,
+                 max_length: int = 128) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids of `[CLS] prompt-with-sentence [SEP]` for each sentence, and where each one's [MASK] is.
+
+    The prompt's text before and after `{sentence}` and the sentence are tokenized separately (the same ids
+    as tokenizing the joined text whenever `{sentence}` is set off by spaces or punctuation, as in the
+    default prompt); a sentence that does not fit in max_length loses its *last* tokens, the prompt none.
+
+    Returns:
+        rows: N lists of ids; mask_positions: (N,) index of the prompt's [MASK] in each row.
+    """
+    if prompt.count("{sentence}") != 1 or prompt.count("[MASK]") != 1:
+        raise ValueError(f"prompt {prompt!r} must contain '{{sentence}}' once and '[MASK]' once")
+    before, after = (tok.convert_tokens_to_ids(tok.tokenize(part.replace("[MASK]", tok.mask_token)))
+                     for part in prompt.split("{sentence}"))
+    room = max_length - 2 - len(before) - len(after)  # ids left for the sentence between [CLS] and [SEP]
+    if room < 1:
+        raise ValueError(f"prompt {prompt!r} takes {len(before) + len(after) + 2} of max_length={max_length} "
+                         "tokens with [CLS] and [SEP]; no room is left for the sentence")
+    rows, positions = [], []
+    for s in sentences:
+        ids = tok.convert_tokens_to_ids(tok.tokenize(s.strip()))[:room]
+        rows.append([tok.cls_token_id, *before, *ids, *after, tok.sep_token_id])
+        positions.append(1 + (before.index(tok.mask_token_id) if tok.mask_token_id in before
+                              else len(before) + len(ids) + after.index(tok.mask_token_id)))
+    return rows, np.asarray(positions, dtype=np.int64)
+
+
+def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prompt: str = DEFAULT_PROMPT,
+                     label_words=DEFAULT_LABEL_WORDS, batch_size: int = 64, max_length: int = 128,
+                     calibrate: bool = True) -> np.ndarray:
+    """(N, num_labels) probabilities of each label from the MLM head at the prompt's [MASK].
+
+    score(c) = sum over c's words w of softmax(logits at [MASK])_w, normalised over the labels; calibrated,
+    score(c) / score_content_free(c), normalised again. Runs where the model's parameters are.
+    """
+    if calibrate:
+        prior = zero_shot_scores(model, tok, [""], prompt, label_words, 1, max_length, False)  # (1, num_labels)
+        scores = zero_shot_scores(model, tok, sentences, prompt, label_words, batch_size, max_length, False)
+        scores = scores / np.maximum(prior, 1e-30)
+        return scores / scores.sum(-1, keepdims=True)
+    word_ids = label_word_ids(tok, label_words)
+    rows, positions = encode_cloze(tok, sentences, prompt, max_length)
     model.eval()
-    out = np.zeros((len(texts), len(word_ids)), dtype=np.float64)
+    device = device_of(model)
+    out = np.zeros((len(rows), len(word_ids)), dtype=np.float64)
     with no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tok(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="np")
-            ids = np.asarray(enc["input_ids"])
-            rows, cols = np.nonzero(ids == tok.mask_token_id)
-            first = np.unique(rows, return_index=True)[1]             # the first [MASK] of each row
-            hidden = model.bert(ids, enc["attention_mask"], enc["token_type_ids"]).last_hidden_state
-            logits = model.cls.predictions(hidden[rows[first], cols[first]])  # (b, V) only at the masks
-            p = softmax(logits).numpy().astype(np.float64)
-            out[start + rows[first]] = np.stack([p[:, ids_c].sum(-1) for ids_c in word_ids], axis=-1)
+        for start in range(0, len(rows), batch_size):
+            input_ids, attention_mask = pad_batch(rows[start:start + batch_size], tok.pad_token_id)  # (b, T)
+            batch = on_device({"input_ids": input_ids, "attention_mask": attention_mask,
+                               "mask_positions": positions[start:start + batch_size]}, device)
+            hidden = model.bert(batch["input_ids"], batch["attention_mask"]).last_hidden_state  # (b, T, C)
+            at_mask = hidden[xp(hidden.data).arange(len(input_ids)), batch["mask_positions"]]  # (b, C)
+            p = softmax(model.cls.predictions(at_mask)).numpy().astype(np.float64)            # (b, V)
+            out[start:start + len(input_ids)] = np.stack([p[:, ids].sum(-1) for ids in word_ids], axis=-1)
     return out / np.maximum(out.sum(-1, keepdims=True), 1e-30)
 
 
 def evaluate_zero_shot(path, data, prompt=DEFAULT_PROMPT, label_words=DEFAULT_LABEL_WORDS,
-                       calibrate: bool = True) -> dict:
+                       calibrate: bool = True, device: str = "cpu") -> dict:
     path = Path(path)
     state_keys = _checkpoint_keys(path / "model.safetensors")
     if not any(k.startswith("cls.predictions") for k in state_keys):
         raise ValueError(f"{path}: --zero-shot needs a model with an MLM head (cls.predictions.*), "
                          "such as the output of `minillm pretrain`; this checkpoint has none")
-    model = BertForMaskedLM.from_pretrained(path)
+    model = BertForMaskedLM.from_pretrained(path).to(device)
     tok = BertTokenizer.from_pretrained(path)
     sentences, labels = read_tsv(data, num_labels=len(label_words))
     probs = zero_shot_scores(model, tok, sentences, prompt, label_words, calibrate=calibrate)
@@ -208,20 +295,20 @@ def _require_classifier(path) -> None:
                          "first with `minillm finetune`, or use `minillm evaluate --zero-shot` on an MLM model")
 
 
-def predict(path, texts) -> list[dict]:
-    """Label and probability for each text, from a fine-tuned classifier folder."""
+def predict(path, texts, device: str = "cpu") -> list[dict]:
+    """Label and probability for each text, from a fine-tuned classifier folder (its own number of labels)."""
     _require_classifier(path)
-    model, tok = load_classifier(path)
+    model, tok = load_classifier(path, device=device)
     batches = Batches.from_texts(texts, None, tok, batch_size=64, shuffle=False)
     probs = predict_proba(model, batches)
     names = model.config.id2label or {i: str(i) for i in range(probs.shape[1])}
     return [{"text": t, "label": names[int(p.argmax())], "probability": float(p.max())} for t, p in zip(texts, probs)]
 
 
-def evaluate_path(path, data, max_length: int = 128) -> dict:
+def evaluate_path(path, data, max_length: int = 128, device: str = "cpu") -> dict:
+    """Metrics of a fine-tuned classifier folder on a labelled TSV; the labels it knows come from its config."""
     _require_classifier(path)
-    model, tok = load_classifier(path)
+    model, tok = load_classifier(path, device=device)
     sentences, labels = read_tsv(data, num_labels=model.config.num_labels)
     dev = Batches.from_texts(sentences, labels, tok, max_length=max_length, batch_size=64, shuffle=False)
     return evaluate_classifier(model, dev)
-

@@ -26,9 +26,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..models.checkpoint import atomic_write, read_safetensors
-from ..backend import get_backend
 from ..optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from ..tensor import manual_seed
+from .device import check_device, on_device
 from .metrics import MetricsLog, plot_metrics
 
 
@@ -70,17 +70,18 @@ class Trainer:
         get_batch: get_batch(step, micro, rng) -> dict of arrays for the model (pure in its arguments).
         evaluate: evaluate(model) -> dict with at least "loss" (run in eval mode, under no_grad).
         save_model: save_model(path) writes the model in HF layout (with its tokenizer).
-        count_tokens: count_tokens(batch) -> int, for tokens/s.
+        count_tokens: count_tokens(batch) -> int, for tokens/s (given the batch as get_batch made it).
+        device: "cpu" or "cuda": the model, its optimizer moments and every batch (through `on_device`).
     """
 
     def __init__(self, model, config: TrainConfig, out_dir, get_batch: Callable, evaluate: Callable,
                  save_model: Callable, count_tokens: Callable = lambda b: int(np.asarray(b["input_ids"]).size),
-                 desc: str = "train"):
+                 desc: str = "train", device: str = "cpu"):
         self.model, self.config, self.out_dir = model, config, Path(out_dir)
         self.get_batch, self.evaluate, self.save_model, self.count_tokens = get_batch, evaluate, save_model, count_tokens
         self.desc = desc
-        if get_backend() == "cupy":  # `--device cuda`: parameters, moments and batches all live on the GPU
-            model.to("cuda")
+        self.device = check_device(device)
+        model.to(device)  # before the optimizer, whose moments are made where the parameters are
         self.optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
         warmup = int(round(config.warmup_fraction * config.steps))
         self.schedule = LinearWarmupDecay(self.optimizer, warmup, config.steps)
@@ -132,10 +133,10 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             manual_seed(int(step_rng(cfg.seed, self.step, 1 + micro).integers(2**31)))  # dropout of this micro-batch
             batch = self.get_batch(self.step, micro, step_rng(cfg.seed, self.step, 100 + micro))
-            out = self.model(**batch)
+            n_tokens += self.count_tokens(batch)
+            out = self.model(**on_device(batch, self.device))
             (out.loss * (1.0 / cfg.grad_accum)).backward()
             total += float(out.loss.item())
-            n_tokens += self.count_tokens(batch)
         clip_grad_norm(self.model.parameters(), cfg.max_grad_norm)
         self.schedule.set_step(self.step)
         self.optimizer.step()

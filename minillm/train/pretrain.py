@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data import mask_tokens, pack_sequences, read_corpus, tokenize_corpus, train_eval_split
-from ..functional import cross_entropy
 from ..models.bert import BertConfig, BertForMaskedLM
 from ..tokenizer import BertTokenizer
+from .device import device_of, on_device
 from .loop import Trainer, TrainConfig
 
 # (layers, hidden, heads); the feed-forward is 4x hidden as in BERT. `tiny` and `mini` are the shapes of
@@ -51,6 +51,7 @@ class PretrainArgs:
     resume: bool = False
     max_eval_rows: int = 256
     sparse_head: bool = True
+    device: str = "cpu"  # "cuda": the model, its optimizer and every batch on the GPU
 
 
 def preset_config(preset: str, vocab_size: int, seq_len: int) -> BertConfig:
@@ -109,19 +110,19 @@ def mlm_batch(rows: np.ndarray, tok, rng: np.random.Generator, whole_word_table=
 def evaluate_mlm(model, tok, eval_rows: np.ndarray, seed: int, batch_size: int = 32) -> dict:
     """Held-out MLM loss (mean over masked tokens), perplexity exp(loss), and masked-token accuracy."""
     rng = np.random.default_rng([seed, 2**20])  # the same masking at every evaluation of a run
+    device = device_of(model)
     total_loss, correct, count = 0.0, 0, 0
     for start in range(0, len(eval_rows), batch_size):
-        batch = mlm_batch(eval_rows[start:start + batch_size], tok, rng)
-        sparse, model.sparse_head = model.sparse_head, True
-        out = model(**batch)
-        model.sparse_head = sparse
-        targets = batch["labels"].reshape(-1)
-        targets = targets[targets != -100]                       # (M,)
+        host = mlm_batch(eval_rows[start:start + batch_size], tok, rng)
+        targets = host["labels"].reshape(-1)
+        targets = targets[targets != -100]                       # (M,) on the host, for counting
         if targets.size == 0:
             continue
-        logits = out.logits                                      # (M, V): only the masked rows
-        total_loss += float(cross_entropy(logits, targets).item()) * targets.size
-        correct += int((np.asarray(logits.numpy()).argmax(-1) == targets).sum())
+        sparse, model.sparse_head = model.sparse_head, True
+        out = model(**on_device(host, device))                   # loss: mean over the M masked positions
+        model.sparse_head = sparse
+        total_loss += float(out.loss.item()) * targets.size
+        correct += int((out.logits.numpy().argmax(-1) == targets).sum())  # logits (M, V): only the masked rows
         count += targets.size
     loss = total_loss / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "mlm_accuracy": correct / max(count, 1),
@@ -156,7 +157,7 @@ def pretrain(args: PretrainArgs) -> dict:
         model, cfg, out, get_batch,
         evaluate=lambda m: evaluate_mlm(m, tok, eval_rows, args.seed),
         save_model=lambda path: model.save_pretrained(path, tokenizer=tok),
-        count_tokens=lambda batch: int(batch["input_ids"].size), desc=f"pretrain {args.preset}",
+        count_tokens=lambda batch: int(batch["input_ids"].size), desc=f"pretrain {args.preset}", device=args.device,
     )
     print(f"pretrain: {args.preset} ({model.num_parameters() / 1e6:.2f}M parameters, vocab {tok.vocab_size}), "
           f"{n} train rows / {len(eval_rows)} eval rows of {args.seq_len} tokens, batch {b}, {args.steps} steps")

@@ -1,0 +1,183 @@
+"""Fine-tuning, evaluation and zero-shot on a tiny random BERT: which data chooses the checkpoint and which
+scores it, the number of labels a checkpoint carries, and the cloze scores checked against a computation
+written out here (the MLM head's logits at [MASK] through the model's plain forward, softmax in NumPy)."""
+import json
+
+import numpy as np
+import pytest
+
+import minillm as mm
+from minillm.cli import main
+from minillm.train import loop
+from minillm.train.finetune import (FinetuneArgs, encode_cloze, evaluate_path, finetune, predict,
+                                    validation_split, zero_shot_scores)
+from minillm.train.metrics import read_metrics
+
+WORDS = ["bad", "awful", "dull", "good", "great", "fine", "okay", "so", "the", "film", "plot", "was", "it", "a",
+         "very", "and", ".", ","]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+LABEL_WORDS = (("bad", "awful"), ("good", "great"))
+SENTIMENT = {0: ["bad", "awful", "dull"], 1: ["okay", "so", "fine"], 2: ["good", "great", "fine"]}
+FILLER = ["the", "film", "plot", "was", "very", "and", "a"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return mm.BertTokenizer.from_vocab_list(VOCAB)
+
+
+@pytest.fixture(scope="module")
+def mlm(tok):
+    """A random MLM with large initial weights, so that its label-word probabilities differ visibly."""
+    mm.manual_seed(5)
+    config = mm.BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64, initializer_range=0.4,
+                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return mm.BertForMaskedLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(mlm, tok, tmp_path_factory):
+    path = tmp_path_factory.mktemp("mlm")
+    mlm.save_pretrained(path, tokenizer=tok)
+    return path
+
+
+def write_tsv(path, n, num_labels, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        y = int(rng.integers(num_labels))
+        words = list(rng.choice(FILLER, 3)) + [rng.choice(SENTIMENT[y if num_labels == 3 else 2 * y])]
+        rows.append(f"{' '.join(words)} {i % 7 * 'very '}.\t{y}\n")  # "very" repeats: sentences mostly distinct
+    path.write_text("sentence\tlabel\n" + "".join(rows))
+    return path
+
+
+# ---- zero-shot --------------------------------------------------------------------------------------
+
+def cloze_oracle(model, tok, sentence, prompt, label_words):
+    """Label scores for one sentence, computed directly: tokenize the whole prompt text, run the model's
+    dense forward (logits at every position), take the [MASK] row, softmax in float64, sum label words."""
+    enc = tok(prompt.replace("{sentence}", sentence), return_tensors="np")
+    ids = enc["input_ids"][0]
+    assert list(ids).count(tok.mask_token_id) == 1
+    logits = model(input_ids=enc["input_ids"]).logits.numpy()[0, list(ids).index(tok.mask_token_id)]  # (V,)
+    z = logits.astype(np.float64) - logits.max()
+    p = np.exp(z) / np.exp(z).sum()
+    scores = np.array([sum(p[tok.vocab[w]] for w in words) for words in label_words])
+    return scores / scores.sum()
+
+
+def calibrated_oracle(model, tok, sentence, prompt, label_words):
+    s = cloze_oracle(model, tok, sentence, prompt, label_words) / cloze_oracle(model, tok, "", prompt, label_words)
+    return s / s.sum()
+
+
+SENTENCES = ["the film was good", "a very dull plot", "", "great great great . and the plot was awful , so"]
+
+
+@pytest.mark.parametrize("prompt", ["{sentence} it was [MASK] .", "[MASK] : {sentence} ."])
+def test_zero_shot_scores_match_an_independent_computation(mlm, tok, prompt):
+    raw = zero_shot_scores(mlm, tok, SENTENCES, prompt, LABEL_WORDS, calibrate=False)
+    calibrated = zero_shot_scores(mlm, tok, SENTENCES, prompt, LABEL_WORDS)
+    want_raw = np.stack([cloze_oracle(mlm, tok, s, prompt, LABEL_WORDS) for s in SENTENCES])
+    want_cal = np.stack([calibrated_oracle(mlm, tok, s, prompt, LABEL_WORDS) for s in SENTENCES])
+    assert np.ptp(want_raw[:, 0]) > 1e-3  # the check can fail: the sentences' scores differ
+    # the same float32 weights; padded batches and the mask-row-only head vs one unpadded row through the
+    # dense head change only the summation order (measured relative differences up to 1.4e-6)
+    np.testing.assert_allclose(raw, want_raw, rtol=1e-5)
+    np.testing.assert_allclose(calibrated, want_cal, rtol=1e-5)
+
+
+def test_zero_shot_cuts_a_long_sentence_never_the_mask(mlm, tok):
+    prompt, max_length = "{sentence} it was [MASK] .", 24
+    long = " ".join(["the", "plot", "was", "great", "and", "very", "dull"] * 10)  # 70 one-token words
+    rows, positions = encode_cloze(tok, [long, "good"], prompt, max_length)
+    assert len(rows[0]) == max_length and rows[0][positions[0]] == tok.mask_token_id
+    assert rows[1][positions[1]] == tok.mask_token_id
+    scores = zero_shot_scores(mlm, tok, [long, "good"], prompt, LABEL_WORDS, max_length=max_length)
+    assert np.isfinite(scores).all()
+    room = max_length - 2 - len(tok.tokenize(prompt.replace("{sentence}", "")))
+    cut = " ".join(long.split()[:room])
+    # as in the test above: summation order only
+    np.testing.assert_allclose(scores[0], calibrated_oracle(mlm, tok, cut, prompt, LABEL_WORDS), rtol=1e-5)
+
+
+def test_cloze_prompt_errors(tok):
+    with pytest.raises(ValueError, match="once"):
+        encode_cloze(tok, ["a"], "{sentence} [MASK] [MASK]")
+    with pytest.raises(ValueError, match="no room"):
+        encode_cloze(tok, ["a"], "{sentence} it was very very very [MASK] .", max_length=8)
+
+
+# ---- validation split and the final evaluation --------------------------------------------------------
+
+def test_validation_split_is_disjoint_seeded_and_capped():
+    train, val = validation_split(1000, 0.05, seed=3)
+    assert len(val) == 50 and len(train) == 950 and not set(train) & set(val)
+    assert sorted([*train, *val]) == list(range(1000))
+    again, _ = validation_split(1000, 0.05, seed=3)
+    other, _ = validation_split(1000, 0.05, seed=4)
+    assert (again == train).all() and not (other == train).all()
+    assert len(validation_split(67349, 0.05, seed=0)[1]) == 1000
+    with pytest.raises(ValueError, match="validation-fraction"):
+        validation_split(100, 0.0, seed=0)
+
+
+def test_finetune_chooses_on_validation_and_scores_eval_once(checkpoint, tok, tmp_path, monkeypatch):
+    train_tsv = write_tsv(tmp_path / "train.tsv", 120, 2, seed=1)
+    dev_tsv = write_tsv(tmp_path / "dev.tsv", 30, 2, seed=2)
+    seen = []
+    real = loop.on_device
+
+    def record(batch, device):  # the Trainer's batches: what is trained on
+        seen.extend(tuple(int(i) for i in row if i != tok.pad_token_id) for row in batch["input_ids"])
+        return real(batch, device)
+
+    monkeypatch.setattr(loop, "on_device", record)
+    out = tmp_path / "ft"
+    result = finetune(FinetuneArgs(model=str(checkpoint), train=str(train_tsv), eval=str(dev_tsv), out=str(out),
+                                   epochs=3, lr=3e-3, batch_size=16, eval_every=5, validation_fraction=0.1))
+    monkeypatch.setattr(loop, "on_device", real)
+
+    sentences, labels = mm.data.read_tsv(train_tsv)
+    train_rows, val_rows = validation_split(len(sentences), 0.1, seed=0)
+    val_ids = {tuple(tok.encode(sentences[i])) for i in val_rows}
+    train_ids = {tuple(tok.encode(sentences[i])) for i in train_rows}
+    assert len(seen) == 3 * 108  # 3 epochs over the 120 - 12 rows left for training
+    assert set(seen) <= train_ids and not set(seen) & (val_ids - train_ids)  # never trained on validation rows
+
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "eval"]
+    validation = [r for r in evals if r["eval_split"] == "validation"]
+    dev = [r for r in evals if r["eval_split"] == "dev"]
+    assert len(dev) == 1 and evals[-1] is dev[0] and dev[0]["n"] == 30
+    assert len(validation) >= 3 and all(r["n"] == len(val_rows) == 12 for r in validation)
+    assert result["eval_split"] == "dev" and result["accuracy"] == dev[0]["accuracy"]
+    assert result["validation_accuracy"] == max(r["accuracy"] for r in validation)
+    # the kept checkpoint is the one validation chose, and the dev row is its score
+    assert evaluate_path(out, dev_tsv)["accuracy"] == dev[0]["accuracy"]
+    val_tsv = tmp_path / "val.tsv"
+    val_tsv.write_text("sentence\tlabel\n" + "".join(f"{sentences[i]}\t{labels[i]}\n" for i in val_rows))
+    assert evaluate_path(out, val_tsv)["accuracy"] == result["validation_accuracy"]
+
+
+# ---- the number of labels ---------------------------------------------------------------------------
+
+def test_three_label_model_evaluates_and_predicts(checkpoint, tmp_path, capsys):
+    train_tsv = write_tsv(tmp_path / "train.tsv", 60, 3, seed=3)
+    dev_tsv = write_tsv(tmp_path / "dev.tsv", 15, 3, seed=4)
+    out = tmp_path / "ft3"
+    assert main(["finetune", "--model", str(checkpoint), "--train", str(train_tsv), "--eval", str(dev_tsv),
+                 "--out", str(out), "--num-labels", "3", "--max-steps", "4", "--batch-size", "16"]) == 0
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "LABEL_0", "1": "LABEL_1",
+                                                                         "2": "LABEL_2"}
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(dev_tsv)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1])["n"] == 15
+    assert len([line for line in printed if line.strip()[:2] in ("0:", "1:", "2:")]) == 3  # a 3 x 3 confusion
+    assert main(["predict", "--model", str(out), "the film was good", "a dull plot"]) == 0
+    labels = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(labels) == 2 and set(labels) <= {"LABEL_0", "LABEL_1", "LABEL_2"}
+    assert [r["label"] for r in predict(out, ["the film was good", "a dull plot"])] == labels
