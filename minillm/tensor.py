@@ -7,7 +7,8 @@ the input's gradient, which is what makes a tensor used twice correct.
 
 Conventions:
 - Gradients accumulate into `.grad` of leaf tensors with `requires_grad=True` (as in PyTorch); call
-  `model.zero_grad()` / `optimizer.zero_grad()` between steps.
+  `model.zero_grad()` / `optimizer.zero_grad()` between steps. `.grad` is always an array of its own
+  (writable, C-contiguous, the leaf's dtype and shape), so it may be changed in place.
 - After `backward()` the graph is freed (closures and saved arrays released); a second `backward()` through
   the same graph raises a clear error unless the first one passed `retain_graph=True`.
 - A tensor keeps the dtype it is given: float32 by default for Python numbers and lists, float64 when you
@@ -162,8 +163,8 @@ class Tensor:
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if not node._parents:  # a leaf: accumulate
-                node.grad = g if node.grad is None else node.grad + g
+            if not node._parents:  # a leaf: accumulate, into an array the leaf owns
+                _accumulate_grad(node, g)
                 continue
             if node._backward is None:
                 raise RuntimeError(
@@ -388,6 +389,25 @@ class Tensor:
 
 # --------------------------------------------------------------------------------------------------
 # free functions over tensors
+def _accumulate_grad(leaf: Tensor, g) -> None:
+    """leaf.grad = leaf.grad + g (or g), always as a new array: writable, C-contiguous, of the leaf's dtype
+    and shape, shared with nothing.
+
+    Inside backward() gradient arrays are shared freely and never written: `x + y` hands the same array
+    to both operands, sum's backward is a read-only broadcast view, reshape's a view, the root gradient is
+    the caller's own array. What lands in `.grad` is the user's to change in place (clip_grad_norm scales
+    it), so this one place, where every leaf gradient is stored, copies. The cost is one copy of each
+    parameter per backward(), next to an optimizer step that reads and writes four such arrays.
+    """
+    m = xp(g)
+    out = m.empty(leaf.shape, dtype=leaf.dtype)  # C order
+    if leaf.grad is None:
+        out[...] = g
+    else:
+        m.add(leaf.grad, g, out=out)
+    leaf.grad = out
+
+
 def unbroadcast(g, shape):
     """Sum `g` down to `shape`: the gradient of a broadcast operand (leading dims added, size-1 dims)."""
     if g.shape == tuple(shape):

@@ -97,6 +97,15 @@ def test_schedule_warmup_then_linear_decay():
     np.testing.assert_allclose(lrs[4:], [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
 
 
+def test_clip_grad_norm_after_backward_through_a_broadcast():
+    """The gradient of (p + 1).sum() starts as a read-only broadcast view; clipping scales .grad in place."""
+    p = nn.Parameter(np.ones(4, np.float32))
+    (p + 1).sum().backward()
+    norm = clip_grad_norm([p], 1.0)
+    assert norm == pytest.approx(2.0)  # |(1, 1, 1, 1)| = 2, exact in float32
+    np.testing.assert_allclose(p.grad, 0.5, rtol=1e-6)  # scale 1 / (2 + 1e-6): 5e-7 below 0.5
+
+
 def test_clip_grad_norm_matches_torch():
     rng = np.random.default_rng(2)
     gs = [rng.standard_normal((3, 4)).astype(np.float32) * 5, rng.standard_normal(7).astype(np.float32)]
