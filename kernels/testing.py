@@ -2,6 +2,11 @@
 
 A failure message names the worst index, both values there, the largest absolute and relative error and
 how many entries are out of tolerance, so a learner sees at once *where* a kernel went wrong.
+
+Non-finite values: an infinity matches only the same infinity (a finite value never "approximates" one,
+though |inf - x| <= rtol * inf would say so), and NaN matches nothing, not even NaN, unless the caller
+passes `equal_nan=True` for a result where NaN is the expected answer. A kernel that starts producing
+NaN must fail a test, not pass it because the reference produced NaN too.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-def assert_close(got, want, atol=None, rtol=None, mask=None, name="result"):
+def assert_close(got, want, atol=None, rtol=None, mask=None, name="result", equal_nan=False):
     """Assert |got - want| <= atol + rtol * |want| elementwise, with a useful message.
 
     Args:
@@ -30,6 +35,8 @@ def assert_close(got, want, atol=None, rtol=None, mask=None, name="result"):
         atol, rtol: tolerances; default from TOLERANCES by want's dtype.
         mask: optional bool array broadcastable to the shape; False entries are skipped.
         name: what is compared, for the message.
+        equal_nan: count NaN in both at the same index as a match (default: any NaN is a mismatch).
+            Infinities always match only an equal infinity.
     """
     got, want = to_numpy(got), to_numpy(want)
     if got.shape != want.shape:
@@ -39,19 +46,25 @@ def assert_close(got, want, atol=None, rtol=None, mask=None, name="result"):
     rtol = defaults["rtol"] if rtol is None else rtol
     g = got.astype(np.float64)
     w = want.astype(np.float64)
-    same_inf = (g == w)  # equal infinities (e.g. lse = -inf on fully masked rows) count as equal
-    both_nan = np.isnan(g) & np.isnan(w)
     with np.errstate(invalid="ignore"):
         err = np.abs(g - w)
-        bad = ~(same_inf | both_nan | (err <= atol + rtol * np.abs(w)))
+        finite = np.isfinite(g) & np.isfinite(w)
+        # finite pairs: within tolerance; otherwise only equal infinities (e.g. lse = -inf on fully masked
+        # rows) match, as g == w is False for NaN and for an infinity against anything else
+        ok = np.where(finite, err <= atol + rtol * np.abs(w), g == w)
+        if equal_nan:
+            ok |= np.isnan(g) & np.isnan(w)
+        bad = ~ok
     if mask is not None:
         bad &= np.broadcast_to(np.asarray(to_numpy(mask), bool), bad.shape)
     if bad.any():
         err = np.where(bad, np.nan_to_num(err, nan=np.inf), 0.0)
         idx = np.unravel_index(np.argmax(err), err.shape)
         rel = err[idx] / max(abs(w[idx]), 1e-300)
+        n_nan = int((bad & (np.isnan(g) | np.isnan(w))).sum())
+        nan_note = f"; {n_nan} of them NaN (pass equal_nan=True if NaN is expected)" if n_nan else ""
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {bad.size} entries differ beyond atol={atol:g}, rtol={rtol:g}; "
             f"worst at index {tuple(int(i) for i in idx)}: got {g[idx]!r}, want {w[idx]!r} "
-            f"(abs err {err[idx]:.3g}, rel err {rel:.3g})"
+            f"(abs err {err[idx]:.3g}, rel err {rel:.3g}){nan_note}"
         )

@@ -436,6 +436,22 @@ def test_bad_inputs_numba():
         k["adamw"].adamw_step(p, p, p.copy(), p.copy(), 1e-3, 0.9, 0.999, 1e-8, 0.0, 0)
 
 
+# ---------------------------------------------------------------- the comparison helper itself
+
+def test_assert_close_treats_nan_and_inf_strictly():
+    """NaN never matches unless asked for; an infinity matches only the same infinity."""
+    nan, inf = np.nan, np.inf
+    assert_close(np.array([1.0, -inf, inf]), np.array([1.0, -inf, inf]))  # equal infinities match
+    assert_close(np.array([nan, 2.0]), np.array([nan, 2.0]), equal_nan=True)
+    for got, want in [([nan], [nan]), ([nan], [1.0]), ([1.0], [nan]),
+                      ([1.0], [inf]), ([inf], [1.0]), ([-inf], [inf]), ([inf], [nan])]:
+        with pytest.raises(AssertionError, match="differ"):
+            assert_close(np.array(got), np.array(want), atol=1e-3, rtol=1e-3, name=f"{got} vs {want}")
+    with pytest.raises(AssertionError, match="equal_nan=True"):  # the message says what to do
+        assert_close(np.array([nan, 1.0]), np.array([nan, 1.0]))
+    assert_close(np.array([nan, 1.0]), np.array([0.0, 1.0]), mask=np.array([False, True]))  # masked: skipped
+
+
 # ---------------------------------------------------------------- reference backward vs finite differences
 
 def _fd(f, x, h=1e-6):
