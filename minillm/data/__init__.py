@@ -2,7 +2,8 @@
 
     datasets  finding SST-2 / WikiText-2 (MINILLM_DATA -> cache -> verified download)
     glue      GLUE-style TSV: sentences and labels, bad rows reported as file:line
-    corpus    plain-text corpora: read, tokenize once (cached), pack into [CLS] ... [SEP] rows, split
+    corpus    plain-text corpora: read, tokenize once (cached) into a flat TokenizedCorpus, split by
+              document, pack into [CLS] ... [SEP] rows
     masking   dynamic MLM masking (15%; 80/10/10), optional whole-word masking
     batching  length-bucketed batches, dynamic padding, the classification Batches iterator
 
@@ -10,8 +11,8 @@ NumPy and the standard library only; the tokenizer is duck-typed (tokenize, conv
 special-token ids, get_vocab, __call__), so this layer never imports the model or training code.
 """
 from .batching import Batches, bucket_batches, pad_batch
-from .corpus import (encode_document, pack_sequences, read_corpus, tokenize_corpus, tokenizer_digest,
-                     train_eval_split)
+from .corpus import (TokenizedCorpus, encode_document, encode_documents, pack_sequences, read_corpus,
+                     split_documents, tokenize_corpus, tokenizer_digest, train_eval_split)
 from .datasets import (DATASETS, ChecksumError, DataNotFoundError, cache_root, data_dir, download_dataset,
                        missing_files)
 from .glue import read_tsv
@@ -19,8 +20,8 @@ from .masking import IGNORE_INDEX, continuation_table, find_word_starts, mask_to
 
 __all__ = [
     "Batches", "bucket_batches", "pad_batch",
-    "encode_document", "pack_sequences", "read_corpus", "tokenize_corpus", "tokenizer_digest",
-    "train_eval_split",
+    "TokenizedCorpus", "encode_document", "encode_documents", "pack_sequences", "read_corpus",
+    "split_documents", "tokenize_corpus", "tokenizer_digest", "train_eval_split",
     "DATASETS", "ChecksumError", "DataNotFoundError", "cache_root", "data_dir", "download_dataset",
     "missing_files",
     "read_tsv",

@@ -1,11 +1,17 @@
-"""Plain-text corpora for MLM pretraining: read, tokenize once (cached), pack into fixed-length blocks.
+"""Plain-text corpora for MLM pretraining: read, tokenize once (cached), split by document, pack into rows.
 
-The path from a text file to a batch of pretraining rows:
+The path from text files to pretraining rows:
 
-    read_corpus(path)            -> documents (str), WikiText markup undone
-    tokenize_corpus(paths, tok)  -> one int32 id array per document, cached on disk as .npz of .npy arrays
-    pack_sequences(docs, T, ...) -> (N, T) rows "[CLS] tokens ... [SEP]", documents joined by [SEP]
-    train_eval_split(rows, f, s) -> held-out rows for the MLM evaluation
+    read_corpus(path)                   -> documents (str), WikiText markup undone
+    tokenize_corpus(paths, tok)         -> TokenizedCorpus: one flat int32 id array + int64 document offsets,
+                                           cached on disk per file as .npz
+    split_documents(corpus, f, seed)    -> (train, held-out) TokenizedCorpus: whole documents on each side
+    pack_sequences(corpus, T, ...)      -> (N, T) rows "[CLS] tokens ... [SEP]", documents joined by [SEP]
+
+Representation: a corpus of n documents and S tokens is two arrays, ``ids (S,) int32`` and
+``offsets (n + 1,) int64`` with document i = ``ids[offsets[i]:offsets[i + 1]]``. Splitting, packing and
+the cache work on these arrays with NumPy; the 65 MB of IMDb reviews (15M tokens) take 60 MB as ids, where
+a Python list of ints per document would take over 400 MB and a slow Python loop per token.
 
 Formats (`fmt="auto"` picks one from the file):
 
@@ -14,6 +20,10 @@ Formats (`fmt="auto"` picks one from the file):
   tokenizer-splitting markup ` @-@ `, ` @,@ `, ` @.@ ` is joined back to `-`, `,`, `.` ("1 @,@ 000" ->
   "1,000"), so the text looks like what a WordPiece tokenizer expects.
 * "lines": one paragraph per line, blank lines separate documents (the BERT pretraining-data convention).
+  Auto-detected when a blank line stands between two lines of text.
+* "doc_per_line": one document per line, e.g. `imdb/unsup.txt` (one review per line). Auto-detected
+  for a file with no heading and no blank line between lines of text: read as "lines", such a file would
+  be a single document, and a document-level held-out split would be impossible.
 * "tsv": a GLUE-style TSV (e.g. SST-2 train); each sentence is a document.
 
 `<unk>`: WikiText replaced rare words by `<unk>`. We map each one to the tokenizer's [UNK] id instead of
@@ -21,7 +31,8 @@ tokenizing the five characters (which would teach the model a fake word "< un ##
 token, so MLM masking never asks the model to predict it, yet it still stands in the context as "some rare
 word", which is what it means.
 
-What this is not: a streaming reader. Corpora here are a few MB; everything is held in memory.
+What this is not: a streaming reader. The texts of a corpus are held in memory while it is tokenized
+(65 MB for IMDb); the ids after that are compact.
 """
 from __future__ import annotations
 
@@ -30,6 +41,7 @@ import json
 import os
 import re
 import tempfile
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +51,90 @@ from ._text import decode_utf8, read_bytes_checked, split_lines
 UNK_MARK = "<unk>"
 _HEADING = re.compile(r"((?:= )+)\S.*?((?: =)+)")  # on a stripped line: "= = Title = =" ; level = # of "="
 _DETOKENIZE = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
-CACHE_VERSION = 1  # bump when the reading or encoding rules change: old cache files then no longer match
+FORMATS = ("auto", "wikitext", "lines", "doc_per_line", "tsv")
+CACHE_VERSION = 2  # bump when the reading or encoding rules change: old cache files then no longer match
+# 2: "auto" reads a file without blank lines as one document per line (it was one document in all).
+
+
+class TokenizedCorpus:
+    """Documents of token ids, stored flat: document i is ``ids[offsets[i]:offsets[i + 1]]``.
+
+    Behaves like a read-only sequence of (n_i,) int32 arrays (``len``, indexing, iteration), so code
+    written for a list of per-document arrays keeps working, while the data stay two NumPy arrays.
+
+    Args:
+        ids: (S,) integer token ids (stored as int32).
+        offsets: (n + 1,) non-decreasing integers with offsets[0] = 0 and offsets[-1] = S (stored as int64).
+    """
+
+    def __init__(self, ids, offsets):
+        ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)          # (S,)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)  # (n + 1,)
+        if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(ids) or (np.diff(offsets) < 0).any():
+            raise ValueError(f"TokenizedCorpus: offsets must rise from 0 to len(ids)={len(ids)}, got "
+                             f"{len(offsets)} offsets from {offsets[:1]} to {offsets[-1:]}")
+        self.ids, self.offsets = ids, offsets
+
+    @classmethod
+    def from_arrays(cls, docs) -> "TokenizedCorpus":
+        """From a sequence of 1-D id arrays (one per document); a TokenizedCorpus is returned as it is."""
+        if isinstance(docs, TokenizedCorpus):
+            return docs
+        docs = [np.asarray(d).reshape(-1) for d in docs]
+        lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = np.concatenate(docs).astype(np.int32) if docs else np.zeros(0, np.int32)
+        return cls(ids, offsets)
+
+    @classmethod
+    def concat(cls, corpora) -> "TokenizedCorpus":
+        """The documents of several corpora, in order, as one corpus."""
+        corpora = [cls.from_arrays(c) for c in corpora]
+        if not corpora:
+            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64))
+        starts = np.cumsum([0] + [c.n_tokens for c in corpora[:-1]])
+        offsets = np.concatenate([[0]] + [c.offsets[1:] + s for c, s in zip(corpora, starts)])
+        return cls(np.concatenate([c.ids for c in corpora]), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i) -> np.ndarray:
+        """Document i as a read-only view of `ids`."""
+        n = len(self)
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"TokenizedCorpus indices are document numbers (int), not {type(i).__name__}; "
+                            "use .subset(mask) to select documents")
+        if not -n <= i < n:
+            raise IndexError(f"document {i} of a corpus of {n}")
+        i = int(i) % n
+        view = self.ids[self.offsets[i]:self.offsets[i + 1]]
+        view.flags.writeable = False
+        return view
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(n,) tokens per document."""
+        return np.diff(self.offsets)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    def subset(self, keep) -> "TokenizedCorpus":
+        """The documents where the (n,) bool mask `keep` is True, in their original order."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"subset: the mask has shape {keep.shape}, the corpus {len(self)} documents")
+        lengths = self.lengths[keep]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        return TokenizedCorpus(self.ids[np.repeat(keep, self.lengths)], offsets)  # (S,) bool mask over tokens
+
+    def __repr__(self):
+        return f"TokenizedCorpus({len(self)} documents, {self.n_tokens} tokens)"
 
 
 def heading_level(line: str) -> int:
@@ -54,7 +149,17 @@ def detect_format(path, lines: list[str]) -> str:
     if str(path).endswith(".tsv"):
         return "tsv"
     head = [line for line in lines[:200] if line.strip()]
-    return "wikitext" if any(heading_level(line) for line in head) else "lines"
+    if any(heading_level(line) for line in head):
+        return "wikitext"
+    seen_text = blank_after_text = False
+    for line in lines:
+        if line.strip():
+            if blank_after_text:
+                return "lines"          # a blank line between two lines of text: documents are paragraphs
+            seen_text = True
+        elif seen_text:
+            blank_after_text = True
+    return "doc_per_line"
 
 
 def read_corpus(path, fmt: str = "auto") -> list[str]:
@@ -62,7 +167,7 @@ def read_corpus(path, fmt: str = "auto") -> list[str]:
 
     Args:
         path: a UTF-8 text file (or .tsv).
-        fmt: "auto", "wikitext", "lines" or "tsv" (see the module docstring).
+        fmt: "auto", "wikitext", "lines", "doc_per_line" or "tsv" (see the module docstring).
 
     Returns:
         list of documents, each its paragraphs joined by "\\n". `<unk>` is kept (see `encode_document`).
@@ -75,44 +180,72 @@ def read_corpus(path, fmt: str = "auto") -> list[str]:
 
 
 def _documents(path, text: str, fmt: str) -> list[str]:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown corpus format {fmt!r}; use one of {', '.join(map(repr, FORMATS))}")
     lines = split_lines(text)
     fmt = detect_format(path, lines) if fmt == "auto" else fmt
     if fmt == "tsv":
         from .glue import read_tsv
 
         return read_tsv(path, label_column=None)[0]
-    if fmt not in ("wikitext", "lines"):
-        raise ValueError(f"unknown corpus format {fmt!r}; use 'auto', 'wikitext', 'lines' or 'tsv'")
-    docs, current = [], []
-    for line in lines:
-        level = heading_level(line) if fmt == "wikitext" else 0
-        boundary = level == 1 if fmt == "wikitext" else not line.strip()
-        if boundary and current:
+    if fmt == "doc_per_line":
+        docs = [line.strip() for line in lines if line.strip()]
+    else:
+        docs, current = [], []
+        for line in lines:
+            level = heading_level(line) if fmt == "wikitext" else 0
+            boundary = level == 1 if fmt == "wikitext" else not line.strip()
+            if boundary and current:
+                docs.append("\n".join(current))
+                current = []
+            if level or not line.strip():
+                continue
+            if fmt == "wikitext":  # before stripping: the markup's spaces may be the line's own
+                for marked, plain in _DETOKENIZE:
+                    line = line.replace(marked, plain)
+            current.append(line.strip())
+        if current:
             docs.append("\n".join(current))
-            current = []
-        if level or not line.strip():
-            continue
-        if fmt == "wikitext":  # before stripping: the markup's spaces may be the line's own
-            for marked, plain in _DETOKENIZE:
-                line = line.replace(marked, plain)
-        current.append(line.strip())
-    if current:
-        docs.append("\n".join(current))
     if not docs:
         raise ValueError(f"{path}: no text in the file (only headings and blank lines)")
     return docs
 
 
 def encode_document(doc: str, tok) -> np.ndarray:
-    """Token ids of one document, (n,) int32; each `<unk>` becomes `tok.unk_token_id`."""
-    ids: list[int] = []
+    """Token ids of one document, (n,) int32; each `<unk>` becomes `tok.unk_token_id`.
+
+    The ids are gathered in an `array` of C ints: a long document (a whole book in "lines" format) never
+    becomes a Python list of millions of ints (36 bytes each instead of 4)."""
+    ids = array("i")
     for paragraph in doc.split("\n"):
         for i, piece in enumerate(paragraph.split(UNK_MARK)):
             if i:
                 ids.append(tok.unk_token_id)
             if piece.strip():
                 ids.extend(tok.convert_tokens_to_ids(tok.tokenize(piece)))
-    return np.asarray(ids, dtype=np.int32)
+    return np.frombuffer(ids, dtype=np.int32) if ids else np.zeros(0, np.int32)
+
+
+def encode_documents(docs, tok) -> TokenizedCorpus:
+    """Token ids of many documents as one flat corpus; the same ids as `encode_document` on each.
+
+    With minillm's BertTokenizer this is its `batch_text_to_ids` (one pass, ids gathered as C ints): each
+    `<unk>` is first written as the tokenizer's own [UNK] token, which the tokenizer keeps whole, exactly
+    as `encode_document` puts the [UNK] id between separately tokenized pieces. Any other tokenizer (duck
+    typing: tokenize + convert_tokens_to_ids) goes document by document through `encode_document`.
+
+    Args:
+        docs: an iterable of documents (str); may be a tqdm-wrapped list.
+    """
+    if hasattr(tok, "batch_text_to_ids") and hasattr(tok, "unk_token"):
+        unk = tok.unk_token
+        ids, offsets = tok.batch_text_to_ids(d.replace(UNK_MARK, unk) for d in docs)
+        return TokenizedCorpus(ids, offsets)
+    ids, ends = array("i"), array("q", [0])
+    for d in docs:
+        ids.extend(encode_document(d, tok))
+        ends.append(len(ids))
+    return TokenizedCorpus(np.frombuffer(ids, np.int32), np.frombuffer(ends, np.int64))
 
 
 def tokenizer_digest(tok) -> str:
@@ -127,23 +260,25 @@ def tokenizer_digest(tok) -> str:
 
 
 def tokenize_corpus(paths, tok, cache_dir=None, use_cache: bool = True, fmt: str = "auto",
-                    progress: bool = False) -> list[np.ndarray]:
+                    progress: bool = False) -> TokenizedCorpus:
     """Tokenize corpus files once and cache the ids; later calls read the cache.
 
     Every file is read and checked (empty, non-UTF-8, no text) before anything is tokenized. A file's
-    cache entry is `<cache_dir>/<stem>-<key>.npz` where key = SHA-256 of (file bytes digest, tokenizer
-    digest, fmt, CACHE_VERSION): editing the file or changing the vocabulary misses the cache, renaming or
-    moving the file does not. Entries are written to a temporary file and renamed, so a killed run never
-    leaves a truncated cache file.
+    cache entry is `<cache_dir>/<stem>-<key>.npz` (its ids and offsets) where key = SHA-256 of (file bytes
+    digest, tokenizer digest, fmt, CACHE_VERSION): editing the file or changing the vocabulary misses the
+    cache, renaming or moving the file does not. Entries are written to a temporary file and renamed, so a
+    killed run never leaves a truncated cache file.
 
     Args:
         paths: a path or a list of paths.
-        tok: any tokenizer with tokenize, convert_tokens_to_ids, unk_token_id and get_vocab() or .vocab.
+        tok: minillm's BertTokenizer (fast path, see `encode_documents`), or any tokenizer with tokenize,
+            convert_tokens_to_ids, unk_token_id and get_vocab() or .vocab.
         cache_dir: where cached ids go; default `<cache root>/tokens` (see datasets.cache_root).
         use_cache: False tokenizes afresh and writes nothing.
+        progress: a tqdm bar per file, one tick per document.
 
     Returns:
-        list of (n_i,) int32 arrays, one per document, in file order then document order.
+        TokenizedCorpus: the documents of all files, in file order then document order.
     """
     from .datasets import cache_root
 
@@ -154,40 +289,76 @@ def tokenize_corpus(paths, tok, cache_dir=None, use_cache: bool = True, fmt: str
     texts = [decode_utf8(data, p) for p, data in raw]  # all files validated before any work
     cache = Path(cache_dir) if cache_dir is not None else cache_root() / "tokens"
     tok_digest = tokenizer_digest(tok) if use_cache else ""
-    out: list[np.ndarray] = []
+    parts: list[TokenizedCorpus] = []
     for (path, data), text in zip(raw, texts):
         key = hashlib.sha256(json.dumps(
             [hashlib.sha256(data).hexdigest(), tok_digest, fmt, CACHE_VERSION]).encode()).hexdigest()[:24]
         entry = cache / f"{path.stem}-{key}.npz"
         if use_cache and entry.is_file():
             with np.load(entry, allow_pickle=False) as z:
-                ids, offsets = z["ids"], z["offsets"]  # (total,), (n_docs + 1,)
-            out.extend(np.split(ids, offsets[1:-1]))
+                parts.append(TokenizedCorpus(z["ids"], z["offsets"]))  # (S,), (n_docs + 1,)
             continue
         docs = _documents(path, text, fmt)
         if progress:
             from tqdm.auto import tqdm
 
-            docs = tqdm(docs, desc=f"tokenizing {path.name}", unit="doc")
-        encoded = [encode_document(d, tok) for d in docs]
+            docs = tqdm(docs, desc=f"tokenizing {path.name}", unit="doc", unit_scale=True)
+        encoded = encode_documents(docs, tok)
         if use_cache:
             _save_atomic(entry, encoded)
-        out.extend(encoded)
-    return out
+        parts.append(encoded)
+    return parts[0] if len(parts) == 1 else TokenizedCorpus.concat(parts)
 
 
-def _save_atomic(entry: Path, encoded: list[np.ndarray]) -> None:
+def _save_atomic(entry: Path, corpus: TokenizedCorpus) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
-    offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
-    ids = np.concatenate(encoded).astype(np.int32) if encoded else np.zeros(0, np.int32)
     fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, ids=ids, offsets=offsets)
+            np.savez(f, ids=corpus.ids, offsets=corpus.offsets)
         os.replace(tmp, entry)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def split_documents(corpus, eval_fraction: float, seed: int, min_eval_tokens: int = 0):
+    """Split a corpus into (train, held-out) by whole documents, so every held-out token is in a text
+    the model never trains on.
+
+    The non-empty documents are put in a random order (seeded); the held-out side takes documents from
+    the front of that order until it holds at least max(eval_fraction * S, min_eval_tokens) of the S
+    tokens; at least one document goes to each side. Both sides keep the original document order.
+    Split *before* packing: a packed row may span two documents, so splitting rows would put the tail
+    of a training document in the held-out set.
+
+    Args:
+        corpus: a TokenizedCorpus (or a sequence of id arrays, one per document).
+        eval_fraction: the held-out share of the tokens, strictly between 0 and 1.
+        seed: the same seed gives the same split.
+        min_eval_tokens: e.g. seq_len - 2, so that the held-out side fills at least one packed row.
+    Returns:
+        (train, held_out): two TokenizedCorpus. Empty documents stay on the training side.
+    Raises:
+        ValueError when the corpus has fewer than 2 non-empty documents.
+    """
+    corpus = TokenizedCorpus.from_arrays(corpus)
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"split_documents: eval_fraction={eval_fraction} must lie strictly between 0 and 1")
+    lengths = corpus.lengths
+    candidates = np.flatnonzero(lengths > 0)
+    if len(candidates) < 2:
+        raise ValueError(
+            f"split_documents: the corpus has {len(candidates)} non-empty document(s); a held-out split by "
+            "document needs at least 2. Give a corpus with document boundaries: one document per line, "
+            "blank lines between documents, or WikiText ` = Title = ` headings (see minillm.data.corpus).")
+    order = np.random.default_rng(seed).permutation(candidates)
+    target = max(eval_fraction * corpus.n_tokens, min_eval_tokens)
+    n_eval = int(np.searchsorted(np.cumsum(lengths[order]), target)) + 1  # first prefix reaching the target
+    n_eval = min(max(n_eval, 1), len(candidates) - 1)
+    held_out = np.zeros(len(corpus), dtype=bool)
+    held_out[order[:n_eval]] = True
+    return corpus.subset(~held_out), corpus.subset(held_out)
 
 
 def pack_sequences(doc_ids_list, seq_len: int, cls_id: int, sep_id: int, drop_last: bool = True,
@@ -203,7 +374,8 @@ def pack_sequences(doc_ids_list, seq_len: int, cls_id: int, sep_id: int, drop_la
     with `drop_last=False` it becomes a last row `[CLS] rest [SEP] pad ...` padded with `pad_id`.
 
     Args:
-        doc_ids_list: sequence of 1-D integer arrays (one per document); empty ones are skipped.
+        doc_ids_list: a TokenizedCorpus, or a sequence of 1-D integer arrays (one per document); empty
+            documents are skipped.
         seq_len: T, tokens per row including [CLS] and [SEP] (>= 3).
     Returns:
         (N, T) array of `dtype`.
@@ -212,10 +384,9 @@ def pack_sequences(doc_ids_list, seq_len: int, cls_id: int, sep_id: int, drop_la
         raise ValueError(f"pack_sequences: seq_len={seq_len} leaves no room between [CLS] and [SEP]")
     if not drop_last and pad_id is None:
         raise ValueError("pack_sequences: drop_last=False pads the last row and needs pad_id")
-    docs = [np.asarray(d).ravel() for d in doc_ids_list if len(d)]
-    sep = np.array([sep_id], dtype=np.int64)
-    parts = [x for d in docs for x in (sep, d)][1:]  # [SEP] between documents, none before the first
-    stream = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # (S,)
+    corpus = TokenizedCorpus.from_arrays(doc_ids_list)
+    starts = corpus.offsets[:-1][corpus.lengths > 0]          # where each non-empty document begins
+    stream = np.insert(corpus.ids.astype(dtype, copy=False), starts[1:], sep_id)  # (S,): [SEP] between docs
     body = seq_len - 2
     n_full, rest = divmod(len(stream), body)
     n_rows = n_full + (1 if rest and not drop_last else 0)
@@ -238,8 +409,8 @@ def train_eval_split(array, eval_fraction: float, seed: int):
     """Split rows (axis 0) into (train, eval) at random, each keeping the original row order.
 
     n_eval = round(eval_fraction * N), at least 1 and at most N - 1. Deterministic given `seed`. Works on
-    arrays and on lists (e.g. documents: split documents *before* packing to keep every eval token in
-    text the model never trained on; splitting packed rows is simpler but a document can sit on both sides).
+    arrays and on lists. For held-out MLM loss use `split_documents` before packing instead: a packed row
+    may span two documents, so a split of rows can put part of a training document on the held-out side.
     """
     n = len(array)
     if not 0.0 < eval_fraction < 1.0:

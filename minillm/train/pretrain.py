@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import mask_tokens, pack_sequences, read_corpus, tokenize_corpus, train_eval_split
+from ..data import mask_tokens, pack_sequences, read_corpus, split_documents, tokenize_corpus
 from ..models.bert import BertConfig, BertForMaskedLM
 from ..tokenizer import BertTokenizer
 from .device import device_of, on_device
@@ -73,7 +73,7 @@ def build_tokenizer(args: PretrainArgs, documents: list[str]) -> BertTokenizer:
         return BertTokenizer.from_pretrained(path) if path.is_dir() else BertTokenizer(str(path))
     from ..tokenizer import train_wordpiece
 
-    return BertTokenizer.from_vocab_list(train_wordpiece(documents, args.vocab_size))
+    return BertTokenizer.from_vocab_list(train_wordpiece(documents, args.vocab_size, progress=True))
 
 
 def prepare(args: PretrainArgs):
@@ -86,13 +86,14 @@ def prepare(args: PretrainArgs):
         raise ValueError(f"--seq-len {args.seq_len} exceeds the position table (512 positions)")
     documents = [doc for path in args.corpus for doc in read_corpus(path)]  # raises on empty / non-UTF-8
     tok = build_tokenizer(args, documents)
-    docs = tokenize_corpus(args.corpus, tok, progress=True)
-    rows = pack_sequences(docs, args.seq_len, tok.cls_token_id, tok.sep_token_id)  # (N, T)
-    if len(rows) < 2:
-        raise ValueError(f"the corpus {args.corpus} gives only {len(rows)} rows of {args.seq_len} tokens; "
-                         "use more text or a shorter --seq-len")
-    train_rows, eval_rows = train_eval_split(rows, args.eval_fraction, args.seed)
-    eval_rows = eval_rows[: args.max_eval_rows]
+    docs = tokenize_corpus(args.corpus, tok, progress=True)  # flat ids + document offsets
+    # Held-out documents are split off before packing, so no eval token sits in a text trained on.
+    train_docs, eval_docs = split_documents(docs, args.eval_fraction, args.seed, min_eval_tokens=args.seq_len - 2)
+    if train_docs.n_tokens < args.seq_len - 2:
+        raise ValueError(f"the corpus {args.corpus} leaves {train_docs.n_tokens} training tokens, less than one "
+                         f"row of {args.seq_len}; use more text or a shorter --seq-len")
+    train_rows = pack_sequences(train_docs, args.seq_len, tok.cls_token_id, tok.sep_token_id)  # (N, T)
+    eval_rows = pack_sequences(eval_docs, args.seq_len, tok.cls_token_id, tok.sep_token_id)[: args.max_eval_rows]
     config = preset_config(args.preset, tok.vocab_size, args.seq_len)
     return tok, config, train_rows, eval_rows
 
