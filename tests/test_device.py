@@ -113,3 +113,16 @@ def test_conflicting_device_and_backend_are_refused(data, tmp_path, capsys):
     assert "--device cuda" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path), "x", "--backend", "cupy"]) == 2
     assert "--backend cupy needs --device cuda" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_device(tmp_path, monkeypatch):
+    from test_demo import make_data
+
+    from minillm.train.demo import DemoArgs, demo
+
+    data = make_data(tmp_path / "data")
+    with device_standin(monkeypatch):
+        demo(DemoArgs(out=str(tmp_path / "out"), pretrain_steps=2, finetune_steps=2, data=str(data), device="cuda"))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["device"] == "cuda" and report["command"].endswith("--device cuda")
+    assert all(0.0 <= report[k]["accuracy"] <= 1.0 for k in ("zero_shot", "finetuned", "from_scratch"))

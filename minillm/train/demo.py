@@ -1,18 +1,25 @@
 """`minillm demo`: the BERT story end to end, in about ten minutes on two CPU cores.
 
-    1. find the data (MINILLM_DATA, the cache, or a verified download of SST-2 and WikiText-2)
+    1. find the data (--data DIR, MINILLM_DATA, the cache, or a verified download of SST-2 and WikiText-2)
+       and check every file the run will read before the first step
     2. pretrain a small BERT with masked-language modelling on WikiText-2 + SST-2 *training* sentences
     3. zero-shot: classify SST-2 dev sentences through the cloze prompt "<sentence> it was [MASK] ."
-    4. fine-tune the pretrained model on SST-2 train, evaluate on SST-2 dev
-    5. print a few predictions and write report.md with the curves
+    4. fine-tune the pretrained model on SST-2 train; and, for comparison, the same architecture from random
+       weights with the same budget. Each run chooses its checkpoint on a validation split held out of
+       SST-2 train; SST-2 dev is scored once, at the end
+    5. print a few predictions and write report.json, and report.md rendered from it, with the curves
 
-The SST-2 dev sentences are only ever evaluated on, never trained on.
+The SST-2 dev sentences are only ever evaluated on, never trained on or chosen by. report.md is a pure
+function of report.json (`render_report`), so a committed report can be checked against the writer.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 EXAMPLES = [
@@ -24,9 +31,17 @@ EXAMPLES = [
 
 # Steps per minute, measured on a 2-core machine with the numba backend (evaluations included): pretraining
 # at batch 32 x 64 tokens, fine-tuning at batch 32 on SST-2's short, length-bucketed sentences.
-# (tiny measured in a full demo run: 354 and 1125 steps/min; mini and small scaled by their step times.)
+# (tiny measured in a full demo run: 380 and 1050 steps/min; mini and small scaled by their step times.)
 PRETRAIN_STEPS_PER_MINUTE = {"tiny": 350, "mini": 110, "small": 30}
 FINETUNE_STEPS_PER_MINUTE = {"tiny": 1100, "mini": 320, "small": 100}
+# Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 6%) is
+# tokenizing, the zero-shot pass, evaluations and the report.
+PRETRAIN_SHARE, FINETUNE_SHARE = 0.62, 0.16
+# Corpora for MLM pretraining, in this order, relative to the data folder. Only text nobody evaluates on:
+# WikiText-2 (its train split when the folder has it) and the SST-2 *training* sentences (labels unused).
+PRETRAIN_CORPORA = ("wikitext2/train.txt", "wikitext2/valid.txt", "wikitext2/test.txt", "sst2/train.tsv")
+# The files every run reads: checked before the first step.
+REQUIRED = ("sst2/train.tsv", "sst2/dev.tsv", "wikitext2/valid.txt", "wikitext2/test.txt")
 
 
 @dataclass
@@ -41,83 +56,170 @@ class DemoArgs:
     device: str = "cpu"
 
 
+def step_budget(args: DemoArgs) -> tuple[int, int]:
+    """(pretraining steps, steps of each fine-tuning run): the overrides, or shares of args.minutes."""
+    pre = args.pretrain_steps or max(20, int(PRETRAIN_SHARE * args.minutes * PRETRAIN_STEPS_PER_MINUTE[args.preset]))
+    ft = args.finetune_steps or max(20, int(FINETUNE_SHARE * args.minutes * FINETUNE_STEPS_PER_MINUTE[args.preset]))
+    return pre, ft
+
+
+def command_line(args: DemoArgs) -> str:
+    """The `minillm demo` command that repeats this run: every flag that differs from its default."""
+    parts = ["minillm demo"]
+    for f in fields(DemoArgs):
+        value = getattr(args, f.name)
+        if value != f.default:
+            parts.append(f"--{f.name.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+def find_data(args: DemoArgs) -> tuple[Path, str]:
+    """(data folder, where it came from), after checking it holds every file the demo reads.
+
+    --data DIR is used as given; otherwise `data_dir()` (MINILLM_DATA, the cache, a verified download).
+    A missing file is an error naming it, before any tokenizing or training.
+    """
+    from ..data import data_dir, read_tsv
+
+    if args.data:
+        root, source = Path(args.data), "the `--data` folder"
+    else:
+        root = data_dir()
+        source = "`$MINILLM_DATA`" if os.environ.get("MINILLM_DATA") else "the download cache"
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root} lacks {', '.join(missing)}; the demo needs {', '.join(REQUIRED)} "
+                                "(wikitext2/train.txt is used when present)")
+    for name in ("sst2/train.tsv", "sst2/dev.tsv"):  # a malformed row is reported now, as file:line
+        read_tsv(root / name, num_labels=2)
+    return root, source
+
+
 def demo(args: DemoArgs) -> Path:
-    from ..data import data_dir
-    from .finetune import FinetuneArgs, evaluate_path, evaluate_zero_shot, finetune, predict
+    from ..backend import get_backend
+    from ..data import read_tsv
+    from ..models.bert import BertConfig, BertForMaskedLM
+    from ..tensor import manual_seed
+    from ..tokenizer import BertTokenizer
+    from .finetune import FinetuneArgs, evaluate_zero_shot, finetune, predict
     from .pretrain import PretrainArgs, pretrain
 
     started = time.perf_counter()
-    root = Path(args.data) if args.data else data_dir()
-    sst2, wiki = root / "sst2", root / "wikitext2"
-    corpus = [str(p) for p in (wiki / "train.txt", wiki / "valid.txt", wiki / "test.txt", sst2 / "train.tsv")
-              if p.is_file()]
+    root, source = find_data(args)
+    corpora = [name for name in PRETRAIN_CORPORA if (root / name).is_file()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # About 62% of the budget pretrains, 20% fine-tunes; the rest is tokenizing, evaluating and reporting.
-    pre_steps = args.pretrain_steps or max(20, int(0.62 * args.minutes * PRETRAIN_STEPS_PER_MINUTE[args.preset]))
-    ft_steps = args.finetune_steps or max(20, int(0.2 * args.minutes * FINETUNE_STEPS_PER_MINUTE[args.preset]))
-    print(f"demo: data from {root}; pretraining {args.preset} for {pre_steps} steps, fine-tuning for {ft_steps}")
+    pre_steps, ft_steps = step_budget(args)
+    print(f"demo: data from {root}; pretraining {args.preset} for {pre_steps} steps on {', '.join(corpora)}; "
+          f"two fine-tuning runs of {ft_steps} steps")
 
     t = time.perf_counter()
-    pre = pretrain(PretrainArgs(corpus=corpus, out=str(out / "pretrained"), preset=args.preset, steps=pre_steps,
-                                batch_size=32, seq_len=64, seed=args.seed, lr=1e-3, vocab_size=8000,
-                                checkpoint_every=max(50, pre_steps // 4), device=args.device))
-    pre_time = time.perf_counter() - t
-
-    zero = evaluate_zero_shot(out / "pretrained", sst2 / "dev.tsv", device=args.device)
-    print(f"demo: zero-shot SST-2 dev accuracy {zero['accuracy']:.3f} (chance 0.51)")
+    pre = pretrain(PretrainArgs(corpus=[str(root / name) for name in corpora], out=str(out / "pretrained"),
+                                preset=args.preset, steps=pre_steps, batch_size=32, seq_len=64, seed=args.seed,
+                                lr=1e-3, vocab_size=8000, checkpoint_every=max(50, pre_steps // 4),
+                                device=args.device))
+    pre = {**pre, "steps": pre_steps, "seconds": time.perf_counter() - t, "corpora": corpora,
+           "tokens_seen": pre_steps * 32 * 64}
 
     t = time.perf_counter()
-    finetune(FinetuneArgs(model=str(out / "pretrained"), train=str(sst2 / "train.tsv"), eval=str(sst2 / "dev.tsv"),
-                          out=str(out / "finetuned"), epochs=10.0, lr=1e-4, batch_size=32, max_length=64,
-                          seed=args.seed, max_steps=ft_steps, eval_every=max(1, ft_steps // 4), device=args.device))
-    ft_time = time.perf_counter() - t
-    final = evaluate_path(out / "finetuned", sst2 / "dev.tsv", device=args.device)
+    zero = evaluate_zero_shot(out / "pretrained", root / "sst2" / "dev.tsv", device=args.device)
+    zero["seconds"] = time.perf_counter() - t
+    print(f"demo: zero-shot SST-2 dev accuracy {zero['accuracy']:.3f}")
+
+    def fine_tune(model_dir, name):
+        t = time.perf_counter()
+        result = finetune(FinetuneArgs(model=str(model_dir), train=str(root / "sst2" / "train.tsv"),
+                                       eval=str(root / "sst2" / "dev.tsv"), out=str(out / name), epochs=10.0,
+                                       lr=1e-4, batch_size=32, max_length=64, seed=args.seed, max_steps=ft_steps,
+                                       eval_every=max(1, ft_steps // 4), device=args.device))
+        return {**result, "steps": ft_steps, "seconds": time.perf_counter() - t}
+
+    final = fine_tune(out / "pretrained", "finetuned")
     print(f"demo: fine-tuned SST-2 dev accuracy {final['accuracy']:.3f}")
+    with tempfile.TemporaryDirectory(dir=out) as init:  # the same architecture, random weights
+        manual_seed(args.seed)
+        BertForMaskedLM(BertConfig.from_json(out / "pretrained" / "config.json")).save_pretrained(
+            init, tokenizer=BertTokenizer.from_pretrained(out / "pretrained"))
+        scratch = fine_tune(init, "from_scratch")
+    print(f"demo: from random weights, SST-2 dev accuracy {scratch['accuracy']:.3f}")
 
     predictions = predict(out / "finetuned", EXAMPLES, device=args.device)
     for r in predictions:
         print(f"  {r['label']:>8} {r['probability']:.2f}  {r['text']}")
-    report = write_report(out, args, pre, zero, final, predictions, pre_steps, ft_steps, pre_time, ft_time,
-                          time.perf_counter() - started)
-    print(f"demo: report written to {report}")
-    return report
+    for run, png in (("pretrained", "pretrain_loss.png"), ("finetuned", "finetune_loss.png"),
+                     ("from_scratch", "from_scratch_loss.png")):
+        shutil.copyfile(out / run / "loss.png", out / png)  # beside report.md, so the report travels whole
+    dev_labels = read_tsv(root / "sst2" / "dev.tsv", num_labels=2)[1]
+    report = {
+        "command": command_line(args), "data": {"source": source, "corpora": corpora,
+                                                "not_found": [n for n in PRETRAIN_CORPORA if n not in corpora]},
+        "preset": args.preset, "seed": args.seed, "device": args.device, "backend": get_backend(),
+        "cpu_count": os.cpu_count(), "dev_majority_share": float(max(dev_labels.mean(), 1 - dev_labels.mean())),
+        "pretrain": pre, "zero_shot": zero, "finetuned": final, "from_scratch": scratch,
+        "predictions": predictions, "seconds": time.perf_counter() - started,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    path = out / "report.md"
+    path.write_text(render_report(report), encoding="utf-8")
+    print(f"demo: report written to {path}")
+    return path
 
 
-def write_report(out: Path, args, pre, zero, final, predictions, pre_steps, ft_steps, pre_time, ft_time, total):
+def render_report(r: dict) -> str:
+    """report.md from the contents of report.json (and nothing else)."""
+    pre, zero, ft, scratch = r["pretrain"], r["zero_shot"], r["finetuned"], r["from_scratch"]
+    where = f"{r['device'].upper()}" if r["device"] != "cpu" else f"CPU ({r['cpu_count']} cores)"
+    not_found = r["data"]["not_found"]
+
+    def minutes(seconds):
+        return f"{seconds / 60:.1f} min"
+
+    def tuned(run):
+        return (f"dev accuracy {run['accuracy']:.3f}, macro-F1 {run['f1']:.3f} (checkpoint chosen at validation "
+                f"accuracy {run['validation_accuracy']:.3f})")
+
     lines = [
         "# minillm demo report",
         "",
-        f"Preset `{args.preset}`, seed {args.seed}, {total / 60:.1f} minutes in all.",
+        f"Made by `{r['command']}`, data from {r['data']['source']}; preset `{r['preset']}`, seed {r['seed']}, "
+        f"{r['backend']} kernels on the {where}; {r['seconds'] / 60:.1f} minutes in all.",
         "",
-        "| stage | steps | time | result |",
-        "| --- | --- | --- | --- |",
-        f"| MLM pretraining (WikiText-2 + SST-2 train sentences) | {pre_steps} | {pre_time / 60:.1f} min | "
-        f"held-out MLM loss {pre['loss']:.3f}, perplexity {pre['perplexity']:.1f}, masked-token accuracy "
-        f"{pre['mlm_accuracy']:.3f} |",
-        f"| zero-shot cloze on SST-2 dev (`<sentence> it was [MASK] .`, calibrated) | 0 | | accuracy "
-        f"{zero['accuracy']:.3f} (n = {zero['n']}) |",
-        f"| fine-tuning on SST-2 train | {ft_steps} | {ft_time / 60:.1f} min | dev accuracy {final['accuracy']:.3f}, "
-        f"macro-F1 {final['f1']:.3f} |",
+        "| stage | trained on | steps | time | result |",
+        "| --- | --- | --- | --- | --- |",
+        f"| MLM pretraining | {' + '.join(f'`{c}`' for c in pre['corpora'])} (text only) | {pre['steps']} | "
+        f"{minutes(pre['seconds'])} | held-out MLM loss {pre['loss']:.3f}, perplexity {pre['perplexity']:.1f}, "
+        f"masked-token accuracy {pre['mlm_accuracy']:.3f} |",
+        f"| zero-shot cloze (`<sentence> it was [MASK] .`, calibrated) | nothing | 0 | {minutes(zero['seconds'])} | "
+        f"dev accuracy {zero['accuracy']:.3f} (n = {zero['n']}) |",
+        f"| fine-tuning the pretrained model | `sst2/train.tsv` less its validation split | {ft['steps']} | "
+        f"{minutes(ft['seconds'])} | {tuned(ft)} |",
+        f"| fine-tuning from random weights (same architecture, same budget) | the same | {scratch['steps']} | "
+        f"{minutes(scratch['seconds'])} | {tuned(scratch)} |",
         "",
-        "Chance on SST-2 dev is 50.9% (the larger class). The published 2-layer BERT-Tiny, pretrained on billions "
-        "of words, reaches 83.2% after fine-tuning; this model saw a few million tokens.",
+        ("Not in the data folder, so not used: " + ", ".join(f"`{n}`" for n in not_found) + "."
+         if not_found else "Every pretraining corpus was found."),
         "",
-        f"Confusion matrix of the fine-tuned model on SST-2 dev (rows: true, columns: predicted): "
-        f"`{final['confusion']}`",
+        f"Model selection: each fine-tuning run kept the checkpoint with the best accuracy on a validation split "
+        f"of {ft['validation_n']:,} SST-2 training sentences held out of its training (seeded); SST-2 dev "
+        f"(n = {ft['n']}) was scored once, at the end, on that checkpoint, and chose nothing.",
+        "",
+        f"Chance on SST-2 dev is {100 * r['dev_majority_share']:.1f}% (the larger class). The published 2-layer "
+        "BERT-Tiny, pretrained on billions of words, reaches 83.2% after fine-tuning; this model's pretraining "
+        f"saw {pre['tokens_seen'] / 1e6:.1f} million tokens.",
+        "",
+        f"Confusion matrix of the fine-tuned model on SST-2 dev (rows: true, columns: predicted): `{ft['confusion']}`",
         "",
         "## Predictions",
         "",
-        *[f"- {r['label']} ({r['probability']:.2f}): {r['text']}" for r in predictions],
+        *[f"- {p['label']} ({p['probability']:.2f}): {p['text']}" for p in r["predictions"]],
         "",
         "## Curves",
         "",
-        "![pretraining](pretrained/loss.png)",
+        "![pretraining](pretrain_loss.png)",
         "",
-        "![fine-tuning](finetuned/loss.png)",
+        "![fine-tuning the pretrained model](finetune_loss.png)",
+        "",
+        "![fine-tuning from random weights](from_scratch_loss.png)",
         "",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"pretrain": pre, "zero_shot": zero, "finetuned": final}, indent=2))
-    return path
+    return "\n".join(lines)
