@@ -69,7 +69,7 @@ def to_hf(model, tmp_path, hf_class):
 
 
 def grads_by_name(model):
-    return {n: p.grad for n, p in model._named_parameters_all("") if p.grad is not None}
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("kind", ["mlm", "mlm-sparse", "cls"])
@@ -100,8 +100,16 @@ def test_head_losses_and_gradients_match_transformers(kind, backend, tmp_path):
     hout.loss.backward()
     # float32 losses ~log(V) = 4.6 computed by two engines: agreement to 1e-4 relative is the bound.
     assert abs(out.loss.item() - hout.loss.item()) <= 1e-4 * abs(hout.loss.item())
+    # The full parameter sets, not only the gradients minillm happened to produce: both models have the
+    # same parameters (tied weights once, under the same name), every one that requires grad got one on
+    # our side, and the names with a gradient are the same on both sides.
+    assert {n for n, _ in model.named_parameters()} == {n for n, _ in hf.named_parameters()}
+    grads = grads_by_name(model)
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in grads)
+    assert not missing, f"parameters that require grad but got none: {missing}"
     hgrads = {n: p.grad.numpy() for n, p in hf.named_parameters() if p.grad is not None}
-    for name, g in grads_by_name(model).items():
+    assert set(grads) == set(hgrads), (sorted(set(grads) ^ set(hgrads)))
+    for name, g in grads.items():
         want = hgrads[name]
         # Gradients are sums over ~33 positions of float32 products; scale-relative 1e-4 (atol set from the
         # gradient's own magnitude) is the bound.
