@@ -10,6 +10,7 @@ checks of the reference backward passes.
 import importlib
 import re
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -330,13 +331,13 @@ def test_adamw_reference_matches_torch():
 
 # ---------------------------------------------------------------- every numbered version, and the registries
 
-def _cases(rng):
-    x = rng.standard_normal((37, 65)).astype(np.float32)
-    mask = rng.random((37, 65)) > 0.3
+def _cases(rng, N=37, L=65):
+    x = rng.standard_normal((N, L)).astype(np.float32)
+    mask = rng.random((N, L)) > 0.3
     mask[3] = False
-    w, b = rng.standard_normal(65).astype(np.float32), rng.standard_normal(65).astype(np.float32)
+    w, b = rng.standard_normal(L).astype(np.float32), rng.standard_normal(L).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    t = rng.integers(0, 65, 37)
+    t = rng.integers(0, L, N)
     t[::4] = -100
     _, mean, rstd = ref("layernorm").layernorm_fwd(x, w, b, 1e-5)
     y = ref("softmax").softmax_fwd(x, mask)
@@ -379,6 +380,45 @@ def test_every_version_matches_reference(family):
                 else:
                     close(g_, w_, 5e-5, f"{family}.{fn}.{name}[{i}]")  # the loosest tolerance used above,
                     # naive versions (serial float32 sums) sit at the edge of it for 65-term rows
+
+
+def _run_every_version(family, args):
+    """{(function, version): outputs} of every numbered Numba version on the same inputs (fresh copies)."""
+    out = {}
+    for fn, versions in ops("numba", family).VERSIONS.items():
+        for name, version in versions.items():
+            if fn == "adamw_step":  # in place: p, m, v are the outputs
+                p, g = (a.copy() for a in args["adamw"])
+                m, v = np.full_like(p, 0.1), np.full_like(p, 0.2)
+                version(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.01, 3)
+                got = (p, m, v)
+            else:
+                got = version(*args[fn])
+            out[fn, name] = got if isinstance(got, tuple) else (got,)
+    return out
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                    reason="needs at least 2 Numba threads (NUMBA_NUM_THREADS, default: the CPU count) to vary them")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_version_is_bitwise_identical_at_1_and_2_threads(family):
+    """The Numba kernels promise results independent of the thread count (fixed per-row / per-chunk work and
+    fixed reduction orders, e.g. layer norm's backward sums dweight over fixed chunks of 32 rows): run every
+    version with 1 and with 2 threads and compare bit for bit. 1000 rows, so that prange really splits them."""
+    rng = np.random.default_rng(3)
+    args = _cases(rng, N=1000, L=129)
+    args["adamw"] = rng.standard_normal((2, 200_000)).astype(np.float32)  # 4 tasks of CHUNK = 65536
+    previous = numba.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            results[n] = _run_every_version(family, args)
+    finally:
+        numba.set_num_threads(previous)
+    for key, one in results[1].items():
+        for i, (a, b) in enumerate(zip(one, results[2][key])):
+            np.testing.assert_array_equal(a, b, err_msg=f"{family} {key} output {i}: 1 vs 2 threads")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
