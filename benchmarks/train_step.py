@@ -1,79 +1,89 @@
 """Training-step benchmark: one BERT MLM step (forward, backward, AdamW) in minillm and in PyTorch, side by side.
 
-    python benchmarks/train_step.py [--threads 2] [--steps 5] [--shapes mini,minilm] [--heads dense,sparse]
-                                    [--out benchmarks/results]
+    python benchmarks/train_step.py [--threads 2] [--rounds 3] [--steps 5] [--shapes mini,minilm]
+                                    [--heads dense,sparse] [--quick]
 
 Same model, same weights, same batch, same work in both engines: minillm (numba backend) against PyTorch eager
-+ transformers, dropout off, AdamW with weight decay 0.01 on every parameter. Two MLM heads, each compared
++ transformers, dropout 0, AdamW with weight decay 0.01 on every parameter. Two MLM heads, each compared
 with the peer doing the same work:
   dense   scores all B*T positions: minillm `sparse_head=False`; PyTorch the standard HF forward with labels.
   sparse  scores only the M labelled positions: minillm `sparse_head=True`; PyTorch runs `model.bert`, gathers
           the labelled rows of the hidden states, then `model.cls` and cross-entropy (written out below).
-Before timing, the first (warm-up) step's losses of the two engines must agree within 1e-3 relative. The
-steps alternate minillm / PyTorch in one process; the first step (Numba JIT or cache load, PyTorch's lazy
-init) is reported apart. Peak memory comes from one subprocess per engine, shape and head (see
-`memory_worker`). MFU = model FLOPs per step / step time / the float32 matmul peak measured in this run.
-This is a benchmark, not a test: nothing here asserts a speed. Threads: Numba, PyTorch and BLAS all get
---threads, set in the environment before anything is imported.
+
+Method (benchmarks/_harness.py says why): every (engine, shape, head) runs in a fresh worker process of its
+own, with its engine's own settings; the engines alternate over --rounds rounds. A worker measures its
+engine's float32 matmul rate, runs one step of a tiny model (Numba's cache load, PyTorch's lazy init), takes
+its resident memory as the baseline, builds the model, and times one first step plus --steps steps on one
+batch. tokens/s = B*T / the median of the per-round median step times. Peak MB = the process's peak
+resident memory during the steps minus the baseline. MFU = model FLOPs per step / step time / the best
+float32 matmul rate measured in the run. The first-step losses of the two engines must agree within 1e-3
+relative, or nothing is reported. Results: train_step.md/.json/.png in benchmarks/results (--quick: a temp
+folder), then the README table is refreshed (benchmarks/render_docs.py). Nothing here asserts a speed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--steps", type=int, default=5, help="timed steps per engine, after one warm-up step")
-ap.add_argument("--shapes", default="mini,minilm")
-ap.add_argument("--heads", default="dense,sparse")
-ap.add_argument("--batch-size", type=int, default=16)
-ap.add_argument("--seq-len", type=int, default=128)
-ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses (smoke runs)")
-ap.add_argument("--_memory-worker", nargs=3, metavar=("ENGINE", "SHAPE", "HEAD"), help=argparse.SUPPRESS)
-ARGS = ap.parse_args()
-for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(ARGS.threads)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-
-import minillm as mm  # noqa: E402
-
-try:
-    import torch  # noqa: E402
-    import transformers  # noqa: E402
-except ImportError as e:
-    sys.exit(f"train_step.py compares against PyTorch + transformers: pip install torch transformers ({e})")
-torch.set_num_threads(ARGS.threads)
-mm.set_backend("numba")
+from benchmarks import _harness as H  # noqa: E402
 
 SHAPES = {  # name -> (layers L, width C, heads H, intermediate I)
     "mini": (4, 256, 4, 1024),
     "minilm": (6, 384, 12, 1536),
 }
 VOCAB, MASK_RATE, LR, WEIGHT_DECAY = 30522, 0.15, 1e-4, 0.01
-B, T = ARGS.batch_size, ARGS.seq_len
-for name, known in (("shapes", SHAPES), ("heads", ("dense", "sparse"))):
-    if set(getattr(ARGS, name).split(",")) - set(known):
-        ap.error(f"--{name} {getattr(ARGS, name)}: each must be one of {', '.join(known)}")
-if ARGS.steps < 1:
-    ap.error("--steps must be at least 1: the medians need timed steps")
-MB = 2**20  # peak "MB" in the tables are 2^20 bytes (VmHWM is in kB = 1024 bytes)
+MB = 2**20  # "MB" in the tables are 2^20 bytes (VmHWM is in kB = 1024 bytes)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None, help="worker rounds per engine and config (3; --quick 1)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per worker, after the first (5; --quick 2)")
+    ap.add_argument("--shapes", default="mini,minilm")
+    ap.add_argument("--heads", default="dense,sparse")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 steps")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: a temp folder)")
+    ap.add_argument("--no-docs", action="store_true", help="do not refresh the generated tables in the docs")
+    ap.add_argument("--_worker", nargs=3, metavar=("ENGINE", "SHAPE", "HEAD"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    for name, known in (("shapes", SHAPES), ("heads", ("dense", "sparse"))):
+        if set(getattr(args, name).split(",")) - set(known):
+            ap.error(f"--{name} {getattr(args, name)}: each must be one of {', '.join(known)}")
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.steps = args.steps or (2 if args.quick else 5)
+    if args.steps < 1:
+        ap.error("--steps must be at least 1: the medians need timed steps")
+    if args.out is None:
+        args.out = H.quick_out() if args.quick else H.RESULTS
+    return args
+
+
+def canonical_command(args) -> str:
+    flags = ["--threads", args.threads, "--rounds", args.rounds, "--steps", args.steps]
+    for flag, value, default in (("--shapes", args.shapes, "mini,minilm"), ("--heads", args.heads, "dense,sparse"),
+                                 ("--batch-size", args.batch_size, 16), ("--seq-len", args.seq_len, 128)):
+        if value != default:
+            flags += [flag, value]
+    return H.command("train_step.py", flags + (["--quick"] if args.quick else []))
 
 
 def config(shape: str, vocab: int = VOCAB) -> dict:
-    L, C, H, I = SHAPES[shape]
-    return dict(vocab_size=vocab, hidden_size=C, num_hidden_layers=L, num_attention_heads=H, intermediate_size=I,
+    L, C, Hh, I = SHAPES[shape]
+    return dict(vocab_size=vocab, hidden_size=C, num_hidden_layers=L, num_attention_heads=Hh, intermediate_size=I,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def make_batch(vocab: int, seed: int = 0) -> dict:
+def make_batch(B: int, T: int, vocab: int, seed: int = 0) -> dict:
     """Random ids (B, T), no padding; exactly round(15% * B*T) labelled positions, -100 elsewhere."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, (B, T))                                           # (B, T)
     labels = np.full(B * T, -100)
@@ -82,10 +92,27 @@ def make_batch(vocab: int, seed: int = 0) -> dict:
     return dict(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels.reshape(B, T))
 
 
-# ---- the two engines: each maker returns (model, step), step() runs one full training step, returns the loss
+def model_flops(shape: str, B: int, T: int, masked: int, head: str) -> float:
+    """Matmul FLOPs of one training step: 6 * (matmul weights) * rows + attention 12 * L * T^2 * C * B.
+
+    6 = 2 (multiply-add) * 3 (forward, and backward's two matmuls: input and weight gradients). The encoder's
+    matmul weights per layer are 4 C^2 (Q, K, V, output) + 2 C I (the MLP), applied at all B*T tokens; the
+    head's are C^2 (transform) + C V (decoder, tied to the embeddings), applied at B*T tokens (dense) or only
+    at the M labelled ones (sparse). Attention: Q K^T and P V are 2 * 2 T^2 D per head, 4 T^2 C per layer and
+    sequence, x3 for forward + backward. Embedding lookups, LayerNorm, GELU, softmax, AdamW: not counted.
+    """
+    L, C, Hh, I = SHAPES[shape]
+    head_rows = B * T if head == "dense" else masked
+    return 6 * L * (4 * C * C + 2 * C * I) * B * T + 6 * (C * C + C * VOCAB) * head_rows + 12 * L * T * T * C * B
+
+
+# ---- the two engines: each maker returns (model, step); step(batch) runs one full training step, returns the loss
 
 
 def make_minillm(cfg: dict, head: str):
+    import minillm as mm
+
+    mm.set_backend("numba")
     mm.manual_seed(0)
     model = mm.BertForMaskedLM(mm.BertConfig(**cfg), sparse_head=(head == "sparse"))
     model.train()
@@ -102,6 +129,9 @@ def make_minillm(cfg: dict, head: str):
 
 
 def make_torch(cfg: dict, head: str, state: dict | None = None):
+    import torch
+    import transformers
+
     model = transformers.BertForMaskedLM(transformers.BertConfig(**cfg))
     if state is not None:  # minillm's names are HF's; the decoder weight/bias are tied to word embeddings/bias
         missing, unexpected = model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()},
@@ -132,210 +162,222 @@ def make_torch(cfg: dict, head: str, state: dict | None = None):
     return model, step
 
 
-# ---- what the machine can do, and what a step asks of it
+def worker(args, engine: str, shape: str, head: str) -> dict:
+    """One engine, shape and head in this (fresh) process: matmul rate, baseline, first step, timed steps, peak."""
+    import gc
 
+    if engine == "torch":
+        import torch  # before minillm: PyTorch's OpenMP reads its environment (wait policy) when it loads
+        import transformers  # noqa: F401
 
-def matmul_peak(repeats: int = 5) -> dict:
-    """Median float32 GFLOP/s of a 2048^3 matmul (2 n^3 FLOPs) in NumPy's BLAS and in PyTorch's."""
-    a = np.random.default_rng(1).standard_normal((2048, 2048)).astype(np.float32)
-    ta = torch.from_numpy(a)
-    out = {}
-    for name, fn in (("numpy", lambda: a @ a), ("torch", lambda: ta @ ta)):
-        fn()  # warm-up: thread pool start, page faults of the output
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        out[name] = 2 * 2048**3 / float(np.median(ts)) / 1e9
-    return out
+        torch.set_num_threads(args.threads)
+        machine = {"matmul_gflops": H.torch_matmul_gflops()}
+        blas = H.torch_blas_info()
+    else:
+        machine = {"matmul_gflops": H.numpy_matmul_gflops()}
+        blas = H.blas_info()
+    import minillm as mm
 
-
-def model_flops(shape: str, masked: int, head: str) -> float:
-    """Matmul FLOPs of one training step: 6 * (matmul weights) * rows + attention 12 * L * T^2 * C * B.
-
-    6 = 2 (multiply-add) * 3 (forward, and backward's two matmuls: input and weight gradients). The encoder's
-    matmul weights per layer are 4 C^2 (Q, K, V, output) + 2 C I (the MLP), applied at all B*T tokens; the
-    head's are C^2 (transform) + C V (decoder, tied to the embeddings), applied at B*T tokens (dense) or only
-    at the M labelled ones (sparse). Attention: Q K^T and P V are 2 * 2 T^2 D per head, 4 T^2 C per layer and
-    sequence, x3 for forward + backward. Embedding lookups, LayerNorm, GELU, softmax, AdamW: not counted.
-    """
-    L, C, H, I = SHAPES[shape]
-    head_rows = B * T if head == "dense" else masked
-    return 6 * L * (4 * C * C + 2 * C * I) * B * T + 6 * (C * C + C * VOCAB) * head_rows + 12 * L * T * T * C * B
-
-
-# ---- peak memory: one engine, shape and head per process, so that one engine's peak cannot hide the other's
-
-
-def vm_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def memory_worker(engine: str, shape: str, head: str) -> None:
-    """Prints JSON {"peak_mb": VmHWM at the end - VmRSS at the baseline} after two full training steps.
-
-    The baseline is taken after the imports and one step of a tiny model of the same kind, so Numba's loaded
-    machine code and PyTorch's lazy library state are not counted. Two steps, because the second is the
-    steady one: weights, AdamW moments (allocated in the first step), activations and gradients all live.
-    """
+    B, T = args.batch_size, args.seq_len
     make = make_minillm if engine == "minillm" else make_torch
     tiny = dict(config(shape), vocab_size=97, num_hidden_layers=1)
-    make(tiny, head)[1](make_batch(97))
-    base = vm_kb("VmRSS")
-    batch = make_batch(VOCAB)
-    _, step = make(config(shape), head)
-    step(batch), step(batch)
-    print(json.dumps({"peak_mb": (vm_kb("VmHWM") - base) / 1024, "baseline_mb": base / 1024}))
-
-
-def measure_memory(engine: str, shape: str, head: str) -> float:
-    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(ARGS.threads), "--batch-size", str(B),
-           "--seq-len", str(T), "--_memory-worker", engine, shape, head]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode:
-        raise RuntimeError(f"memory worker {engine} {shape} {head} failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
-
-
-# ---- the timed comparison
-
-
-def timed(step, batch) -> tuple[float, float]:
-    """(seconds, loss) of one training step."""
+    make(tiny, head)[1](make_batch(B, T, 97))  # JIT cache load / lazy init, outside the baseline
+    gc.collect()
+    base_kb = H.vm_kb("VmRSS")
+    batch = make_batch(B, T, VOCAB)
+    if engine == "minillm":
+        model, step = make_minillm(config(shape), head)
+        params = model.num_parameters()
+    else:  # the same initial weights as minillm's, then the minillm copy is dropped
+        ours, _ = make_minillm(config(shape), head)
+        params, state = ours.num_parameters(), ours.state_dict()
+        _, step = make_torch(config(shape), head, state)
+        del ours, state
+    gc.collect()
+    peak_reset = H.reset_peak_rss()  # the peak of the steps, not of building the model
     t0 = time.perf_counter()
-    loss = step(batch)
-    return time.perf_counter() - t0, loss
-
-
-def compare(shape: str, head: str) -> dict:
-    """Fresh models with identical weights; warm-up + loss check; then ARGS.steps alternating timed steps."""
-    cfg = config(shape)
-    batch = make_batch(VOCAB)
-    ours, ours_step = make_minillm(cfg, head)
-    _, peer_step = make_torch(cfg, head, ours.state_dict())
-    first_ours, loss_ours = timed(ours_step, batch)  # the first step: both models still hold the same weights
-    first_peer, loss_peer = timed(peer_step, batch)
-    rel = abs(loss_ours - loss_peer) / abs(loss_peer)
-    print(f"  loss check: minillm {loss_ours:.6f}  torch {loss_peer:.6f}  relative difference {rel:.1e}", flush=True)
-    if not rel <= 1e-3:  # float32 sums in different orders differ ~1e-6; 1e-3 means different models or data
-        raise SystemExit(f"{shape}/{head}: losses disagree by {rel:.1e} (> 1e-3): the two engines are not "
-                         "computing the same step; fix that before timing them")
-    times, last = {"minillm": [], "torch": []}, {}
-    for _ in range(ARGS.steps):
-        for engine, step in (("minillm", ours_step), ("torch", peer_step)):
-            t, last[engine] = timed(step, batch)
-            times[engine].append(t)
-    # Not a gate, a witness that the AdamW updates match too: the same batch again and again, so the loss
-    # falls, and it falls alike in both engines when their optimizer steps agree.
-    print(f"  loss after {ARGS.steps} updates: minillm {last['minillm']:.6f}  torch {last['torch']:.6f}", flush=True)
+    first_loss = step(batch)
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        last_loss = step(batch)
+        times.append(time.perf_counter() - t0)
     masked = int((batch["labels"] != -100).sum())
-    return dict(shape=shape, head=head, loss=(loss_ours, loss_peer, rel), first=(first_ours, first_peer),
-                last_loss=(last["minillm"], last["torch"]), params=ours.num_parameters(),
-                masked=masked, flops=model_flops(shape, masked, head),
-                times={k: (float(np.median(v)), min(v), max(v)) for k, v in times.items()})
+    return dict(engine=engine, shape=shape, head=head, machine=machine, blas=blas, times=times, first_s=first_s,
+                first_loss=first_loss, last_loss=last_loss, params=params, masked=masked,
+                peak_mb=(H.vm_kb("VmHWM") - base_kb) / 1024, baseline_mb=base_kb / 1024, peak_reset=peak_reset,
+                minillm_version=mm.__version__, versions=_versions(engine))
 
 
-def write(results: list, peak: dict) -> None:
-    os.makedirs(ARGS.out, exist_ok=True)
-    cmd = ("python benchmarks/train_step.py " + " ".join(sys.argv[1:])).strip()
+def _versions(engine: str) -> str:
+    import numba
+    import numpy as np
+
+    if engine == "torch":
+        import torch
+        import transformers
+
+        return f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
+    return f"numpy {np.__version__}, numba {numba.__version__}"
+
+
+# ---- the parent
+
+
+def collect(args) -> dict:
+    blas_seen = H.blas_overrides_seen()
+    host = H.host()
+    configs = [(s, h) for s in args.shapes.split(",") for h in args.heads.split(",")]
+    workers = []
+    script = os.path.abspath(__file__)
+    base = ["--threads", str(args.threads), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+            "--seq-len", str(args.seq_len)]
+    for r in range(args.rounds):
+        for k, (shape, head) in enumerate(configs):
+            for engine in H.engine_order(r + k):
+                H.log(f"round {r + 1}/{args.rounds}: {engine} {shape} {head}")
+                w = H.run_worker(script, base + ["--_worker", engine, shape, head], engine, args.threads)
+                w["round"] = r
+                H.log(f"  first step {w['first_s']:.2f} s, loss {w['first_loss']:.6f}; steps "
+                      + ", ".join(f"{t:.3f}" for t in w["times"]) + f" s; peak {w['peak_mb']:.0f} MB")
+                workers.append(w)
+    machine = H.machine_lines(workers)
+    line = machine["matmul_gflops"]["line"]
+    results = []
+    B, T = args.batch_size, args.seq_len
+    for shape, head in configs:
+        ws = {e: [w for w in workers if (w["engine"], w["shape"], w["head"]) == (e, shape, head)] for e in H.ENGINES}
+        for a, b in zip(ws["minillm"], ws["torch"]):
+            rel = abs(a["first_loss"] - b["first_loss"]) / abs(b["first_loss"])
+            if not rel <= 1e-3:  # float32 sums in different orders differ ~1e-6; 1e-3: different models or data
+                raise SystemExit(f"{shape}/{head}: first-step losses disagree by {rel:.1e} (> 1e-3): the two engines "
+                                 "are not computing the same step; fix that before timing them")
+        r = dict(shape=shape, head=head, params=ws["minillm"][0]["params"], masked=ws["minillm"][0]["masked"])
+        r["flops"] = model_flops(shape, B, T, r["masked"], head)
+        for e in H.ENGINES:
+            s = H.summarize([w["times"] for w in ws[e]])
+            r[e] = dict(step_s=s, tokens_per_s=B * T / s["median"], tokens_per_s_range=[B * T / s["max"], B * T / s["min"]],
+                        mfu=r["flops"] / s["median"] / 1e9 / line, peak_mb=H.median([w["peak_mb"] for w in ws[e]]),
+                        first_step_s=[w["first_s"] for w in ws[e]], first_loss=ws[e][0]["first_loss"],
+                        last_loss=ws[e][0]["last_loss"])
+        r["loss_rel_diff"] = abs(r["minillm"]["first_loss"] - r["torch"]["first_loss"]) / abs(r["torch"]["first_loss"])
+        r["ratio"] = r["torch"]["step_s"]["median"] / r["minillm"]["step_s"]["median"]
+        results.append(r)
+    return {
+        "host": {"cpu": host["cpu"], "cores": host["cores"], "loadavg_start": host["loadavg"],
+                 "loadavg_end": list(os.getloadavg())},
+        "threads": args.threads, "rounds": args.rounds, "steps": args.steps, "batch_size": B, "seq_len": T,
+        "vocab": VOCAB, "mask_rate": MASK_RATE, "lr": LR, "weight_decay": WEIGHT_DECAY, "dropout": 0.0,
+        "shapes": {s: dict(zip(("layers", "width", "heads", "intermediate"), SHAPES[s])) for s in args.shapes.split(",")},
+        "settings": H.settings_text(args.threads),
+        "blas": {e: next(w["blas"] for w in workers if w["engine"] == e) for e in H.ENGINES},
+        "blas_overrides_seen": blas_seen,
+        "versions": {e: next(w["versions"] for w in workers if w["engine"] == e) for e in H.ENGINES},
+        "minillm_version": workers[0]["minillm_version"],
+        "peak_reset": all(w["peak_reset"] for w in workers),
+        "machine": machine, "results": results,
+    }
+
+
+def write(args, data: dict) -> None:
+    B, T = data["batch_size"], data["seq_len"]
     tok = B * T
-    ceiling = max(peak.values())  # one denominator for both engines: the better of the two BLAS libraries
-    lines = [
-        "# Training-step benchmark: minillm vs PyTorch", "",
-        f"Command: `{cmd}`; threads = {ARGS.threads} (Numba, PyTorch, BLAS); batch {B} x seq {T} = {tok} "
-        f"tokens per step; vocab {VOCAB}; {MASK_RATE:.0%} of positions labelled (M = masked rows); dropout 0; "
-        f"AdamW lr {LR}, weight decay {WEIGHT_DECAY} on all parameters; minillm {mm.__version__} (numba backend), "
-        f"torch {torch.__version__}, transformers {transformers.__version__}.", "",
-        "Shapes (layers/width/heads/intermediate): " + ", ".join(f"{s} {'/'.join(map(str, SHAPES[s]))}"
-                                                                   for s in ARGS.shapes.split(",")) + ".", "",
-        f"float32 matmul peak measured in this run (2048^3, median of 5): NumPy {peak['numpy']:.0f} GFLOP/s, "
-        f"PyTorch {peak['torch']:.0f} GFLOP/s; MFU is against the larger, {ceiling:.0f} GFLOP/s.", "",
+    line = data["machine"]["matmul_gflops"]["line"]
+    lines = H.header_lines("Training-step benchmark: minillm vs PyTorch", data, data["threads"])
+    lines += [
+        f"Step: batch {B} x seq {T} = {tok} tokens, no padding; vocab {VOCAB}; {MASK_RATE:.0%} of positions labelled "
+        f"(M = masked rows); dropout 0; AdamW lr {LR}, weight decay {WEIGHT_DECAY} on all parameters. minillm "
+        f"{data['minillm_version']} (numba backend; {data['versions']['minillm']}); {data['versions']['torch']}.", "",
+        "Shapes (layers/width/heads/intermediate): " + ", ".join(
+            f"{s} {'/'.join(str(v) for v in d.values())}" for s, d in data["shapes"].items()) + ".", "",
+        f"Method: each (engine, shape, head) in a fresh process of its own, engines alternating, {data['rounds']} "
+        f"rounds; in each, one first step, then {data['steps']} timed steps on the same batch. tokens/s = {tok} / "
+        "the median of the per-round median step times [from the slowest to the fastest single step]. ratio = "
+        "PyTorch step time / minillm step time (> 1: minillm is faster). Peak MB: the process's peak resident "
+        "memory during the steps minus its resident memory after the imports and one tiny-model step "
+        f"(median over rounds{'' if data['peak_reset'] else '; the peak could not be reset, so it may include building the model'}). "
+        f"MFU: model FLOPs / step time / {line:.0f} GFLOP/s (the matmul line above).", "",
         "Model FLOPs per step = 6 * L * (4C^2 + 2CI) * B*T + 6 * (C^2 + C*V) * R + 12 * L * T^2 * C * B, with "
         "R = B*T rows for the dense head and R = M for the sparse one (matmuls only; `model_flops`).", "",
-        f"tokens/s = {tok} / step time, median of {ARGS.steps} alternating steps after one warm-up step "
-        "[from the slowest, to the fastest step]. ratio = minillm / PyTorch (> 1: minillm is faster). Peak MB: "
-        "VmHWM minus the baseline RSS of a fresh process per engine/shape/head, after imports and one tiny-model "
-        "step (so JIT code is not counted), over two full training steps.", "",
-        "| shape | head | minillm tokens/s | torch tokens/s | ratio | minillm peak MB | torch peak MB "
-        "| MFU minillm | MFU torch |",
+        "| shape | head | minillm tokens/s | PyTorch tokens/s | PyTorch / minillm | minillm peak MB | PyTorch peak MB "
+        "| MFU minillm | MFU PyTorch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in results:
-        (to, to_lo, to_hi), (tp, tp_lo, tp_hi) = r["times"]["minillm"], r["times"]["torch"]
-        mem = r.get("memory", {})
-        mem_s = [f"{mem[e]:.0f}" if e in mem else "not measured" for e in ("minillm", "torch")]
+    for r in data["results"]:
+        o, p = r["minillm"], r["torch"]
         lines.append(
-            f"| {r['shape']} | {r['head']} | {tok / to:,.0f} [{tok / to_hi:,.0f}, {tok / to_lo:,.0f}] | "
-            f"{tok / tp:,.0f} [{tok / tp_hi:,.0f}, {tok / tp_lo:,.0f}] | {tp / to:.2f} | {mem_s[0]} | {mem_s[1]} | "
-            f"{r['flops'] / to / 1e9 / ceiling:.1%} | {r['flops'] / tp / 1e9 / ceiling:.1%} |")
+            f"| {r['shape']} | {r['head']} | {o['tokens_per_s']:,.0f} [{o['tokens_per_s_range'][0]:,.0f}, "
+            f"{o['tokens_per_s_range'][1]:,.0f}] | {p['tokens_per_s']:,.0f} [{p['tokens_per_s_range'][0]:,.0f}, "
+            f"{p['tokens_per_s_range'][1]:,.0f}] | {r['ratio']:.2f}x | {o['peak_mb']:.0f} | {p['peak_mb']:.0f} "
+            f"| {o['mfu']:.1%} | {p['mfu']:.1%} |")
     lines += ["", "Params N counts the tied embedding/decoder matrix once; weights, gradients and the two AdamW "
               "moments alone take 16 N bytes, the floor under both engines' peaks.", "",
-              "| shape | head | params N (16 N MB) | M | GFLOP/step | minillm step s | torch step s "
-              "| first step s (minillm / torch) | first loss minillm / torch (rel. diff) | loss after the updates |",
+              "| shape | head | params N (16 N MB) | M | GFLOP/step | minillm step s | PyTorch step s "
+              "| first step s, round 1 (minillm / PyTorch) | first loss minillm / PyTorch (rel. diff) "
+              "| loss after the steps |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in results:
-        (to, to_lo, to_hi), (tp, tp_lo, tp_hi) = r["times"]["minillm"], r["times"]["torch"]
+    for r in data["results"]:
+        o, p = r["minillm"], r["torch"]
+        so, sp = o["step_s"], p["step_s"]
         lines.append(
             f"| {r['shape']} | {r['head']} | {r['params'] / 1e6:.2f} M ({16 * r['params'] / MB:.0f}) | {r['masked']} "
-            f"| {r['flops'] / 1e9:.1f} | {to:.3f} [{to_lo:.3f}, {to_hi:.3f}] | {tp:.3f} [{tp_lo:.3f}, {tp_hi:.3f}] "
-            f"| {r['first'][0]:.2f} / {r['first'][1]:.2f} | {r['loss'][0]:.5f} / {r['loss'][1]:.5f} "
-            f"({r['loss'][2]:.1e}) | {r['last_loss'][0]:.5f} / {r['last_loss'][1]:.5f} |")
-    lines += ["", "The first step of minillm includes Numba compilation, or only loading its on-disk cache when "
-              "an earlier run left one; PyTorch's includes its lazy initialisation. Neither is in the medians.", "",
-              "These numbers were taken on a 2-core machine shared with other jobs, so they are noisy; the lead "
-              "will re-run the command above on a quiet machine.", ""]
-    with open(os.path.join(ARGS.out, "train_step.md"), "w") as f:
-        f.write("\n".join(lines))
-    plot(results)
+            f"| {r['flops'] / 1e9:.1f} | {so['median']:.3f} [{so['min']:.3f}, {so['max']:.3f}] "
+            f"| {sp['median']:.3f} [{sp['min']:.3f}, {sp['max']:.3f}] | {o['first_step_s'][0]:.2f} / "
+            f"{p['first_step_s'][0]:.2f} | {o['first_loss']:.5f} / {p['first_loss']:.5f} ({r['loss_rel_diff']:.1e}) "
+            f"| {o['last_loss']:.5f} / {p['last_loss']:.5f} |")
+    lines += ["", "The first step of minillm includes whatever Numba compiling the tiny step left to do (usually "
+              "none); PyTorch's includes its lazy initialisation. Neither is in the medians. The losses after the "
+              "steps are a witness that the AdamW updates agree: the same batch again and again, so the loss falls, "
+              "alike in both engines.", "",
+              "Taken on a 2-core machine shared with other jobs (see the load average above): the figures are noisy "
+              "and will be re-measured on a quiet machine with the command on the first line.", ""]
+    H.write_results(args.out, "train_step", canonical_command(args), lines, data)
+    plot(args.out, data)
 
 
-def plot(results: list) -> None:
+def plot(out: str, data: dict) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = data["results"]
     labels = [f"{r['shape']}\n{r['head']}" for r in results]
     x = np.arange(len(results))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, (engine, name, colour) in enumerate((("minillm", "minillm (numba)", "#1f77b4"),
                                                  ("torch", "PyTorch + transformers", "#ff7f0e"))):
-        axes[0].bar(x + (i - 0.5) * 0.4, [B * T / r["times"][engine][0] for r in results], 0.4, label=name, color=colour)
-        axes[1].bar(x + (i - 0.5) * 0.4, [r.get("memory", {}).get(engine, np.nan) for r in results], 0.4, color=colour)
+        axes[0].bar(x + (i - 0.5) * 0.4, [r[engine]["tokens_per_s"] for r in results], 0.4, label=name, color=colour)
+        axes[1].bar(x + (i - 0.5) * 0.4, [r[engine]["peak_mb"] for r in results], 0.4, color=colour)
     axes[0].set_ylabel("tokens/s (higher is better)")
     axes[1].set_ylabel("peak resident MB over baseline (lower is better)")
     axes[0].legend(fontsize=8)
     for ax in axes:
         ax.set_xticks(x, labels)
-    fig.suptitle(f"BERT MLM training step, batch {B} x {T}, {ARGS.threads} threads")
+    fig.suptitle(f"BERT MLM training step, batch {data['batch_size']} x {data['seq_len']}, {data['threads']} threads, "
+                 "each engine in its own processes")
     fig.tight_layout()
-    fig.savefig(os.path.join(ARGS.out, "train_step.png"), dpi=110)
+    fig.savefig(os.path.join(out, "train_step.png"), dpi=110)
+    plt.close(fig)
 
 
-def main() -> None:
-    if ARGS._memory_worker:
-        memory_worker(*ARGS._memory_worker)
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args._worker:
+        print(json.dumps(worker(args, *args._worker)))
         return
-    peak = matmul_peak()
-    print(f"threads={ARGS.threads}  float32 matmul: NumPy {peak['numpy']:.0f}, torch {peak['torch']:.0f} GFLOP/s",
-          flush=True)
-    results = []
-    for shape in ARGS.shapes.split(","):
-        for head in ARGS.heads.split(","):
-            print(f"{shape} / {head}", flush=True)
-            r = compare(shape, head)
-            (to, *_), (tp, *_) = r["times"]["minillm"], r["times"]["torch"]
-            print(f"  tokens/s: minillm {B * T / to:,.0f}  torch {B * T / tp:,.0f}  ratio {tp / to:.2f}  "
-                  f"(first step {r['first'][0]:.1f} s / {r['first'][1]:.1f} s)", flush=True)
-            results.append(r)
-    if not ARGS.no_memory:  # after the timing, so that the subprocesses never compete with a timed step
-        for r in results:
-            r["memory"] = {e: measure_memory(e, r["shape"], r["head"]) for e in ("minillm", "torch")}
-            print(f"  peak MB {r['shape']}/{r['head']}: minillm {r['memory']['minillm']:.0f}  "
-                  f"torch {r['memory']['torch']:.0f}", flush=True)
-    write(results, peak)
+    data = collect(args)
+    write(args, data)
+    if not args.no_docs and os.path.abspath(args.out) == os.path.abspath(H.RESULTS):
+        from benchmarks import render_docs
+
+        try:
+            render_docs.main(["--write"])
+        except FileNotFoundError as e:  # the other benchmark has not written its results yet
+            print(f"docs not refreshed: {e}")
+    print(f"results in {args.out}")
 
 
 if __name__ == "__main__":
