@@ -283,6 +283,45 @@ def test_cross_entropy_matches_reference(backend, data, N, V, ignore_some):
     close(dz, r.cross_entropy_bwd(f64(z), t, LSE, 0.7), tol, "dlogits", floor=0.7 / n_valid)
 
 
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_cross_entropy_at_bert_vocabulary_size(backend_name):
+    """V = 30522, the vocabulary the MLM head runs at: lse, the loss and the probabilities recovered from
+    dlogits against float64, on a handful of rows chosen to stress the float32 row sum."""
+    V, u = 30522, 2.0**-24  # u: float32 unit roundoff
+    rng = np.random.default_rng(27)
+    z = rng.standard_normal((7, V))
+    z[1] *= 5             # a few large terms and many tiny ones
+    z[2, 123] += 15       # one term ~1 and 30521 terms of ~5e-7: the partial sum is rounded at every add
+    z[3] = 2.5            # constant: exp(0) = 1 summed V times (exact in float32)
+    z[4, V - 1] += 15     # the dominant term in the last column, where an 8-lane sum has its tail
+    z[5] *= 0.01          # nearly uniform
+    z = z.astype(np.float32)
+    t = rng.integers(0, V, 7)
+    t[2], t[4], t[6] = 123, V - 1, -100  # row 6 ignored
+    n_valid = 6
+    k, r = ops(backend_name, "cross_entropy"), ref("cross_entropy")
+    loss, lse = k.cross_entropy_fwd(z, t)
+    LOSS, LSE = r.cross_entropy_fwd(f64(z), t)
+    # The sum of V exps in float32, 8 lanes of V/8 = 3815 serial adds each (NumPy's pairwise sum is more
+    # accurate): the classic bound for a serial sum of n positive terms is (n - 1) u relative, 2.3e-4 here,
+    # and it becomes an absolute error in lse = m + log(sum). Plus the fast exp (8e-8 relative) and the
+    # rounding of log and of m + log (u each, relative to |lse| <= 40). Measured: <= 5.3e-5 (the z[2] row).
+    tol = (V // 8 + 3) * u + 4 * u * max(1.0, float(np.abs(LSE).max()))
+    assert_close(lse, LSE, atol=tol, rtol=0, name="lse at V = 30522")
+    assert abs(loss - LOSS) <= tol, (loss, LOSS, tol)  # a float64 mean of lse_i - z_t: lse's error
+    dz = f64(k.cross_entropy_bwd(z, t, lse, float(n_valid)))  # dloss = n_valid: dz = p - onehot(t)
+    assert (dz[6] == 0).all()
+    rows = np.flatnonzero(t != -100)
+    p = dz[rows]
+    p[np.arange(len(rows)), t[rows]] += 1.0  # the probabilities, back from dlogits
+    P = np.exp(f64(z[rows]) - LSE[rows, None])
+    # p = exp(z - lse): lse's error, plus z - lse rounded in float32 (|z - lse| < 32: 2e-6 relative) and the
+    # fast exp; the subtraction of 1 at the target and its float32 rounding add u.
+    tol_p = tol + 2.2e-6
+    assert_close(p, P, atol=2 * u, rtol=tol_p, name="probabilities from dlogits")
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=tol_p)  # rows of p sum to 1: rows of dlogits to 0
+
+
 def test_cross_entropy_all_ignored_is_zero(backend):
     z = np.random.default_rng(0).standard_normal((4, 9)).astype(np.float32)
     t = np.full(4, -100)
