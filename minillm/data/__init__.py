@@ -1,6 +1,6 @@
 """minillm.data: everything between files on disk and the (B, T) id arrays a model eats.
 
-    datasets  finding SST-2 / WikiText-2 (MINILLM_DATA -> cache -> verified download)
+    datasets  finding SST-2 / WikiText-2 / IMDb (MINILLM_DATA -> cache -> verified, capped download)
     glue      GLUE-style TSV: sentences and labels, bad rows reported as file:line
     corpus    plain-text corpora: read, tokenize once (cached) into a flat TokenizedCorpus, split by
               document, pack into [CLS] ... [SEP] rows
@@ -13,8 +13,8 @@ special-token ids, get_vocab, __call__), so this layer never imports the model o
 from .batching import Batches, bucket_batches, pad_batch
 from .corpus import (TokenizedCorpus, encode_document, encode_documents, pack_sequences, read_corpus,
                      split_documents, tokenize_corpus, tokenizer_digest, train_eval_split)
-from .datasets import (DATASETS, ChecksumError, DataNotFoundError, cache_root, data_dir, download_dataset,
-                       missing_files)
+from .datasets import (DATASETS, ChecksumError, DataNotFoundError, UnsafeArchiveError, cache_root, data_dir,
+                       download_dataset, missing_files)
 from .glue import read_tsv
 from .masking import IGNORE_INDEX, continuation_table, find_word_starts, mask_tokens
 
@@ -22,8 +22,8 @@ __all__ = [
     "Batches", "bucket_batches", "pad_batch",
     "TokenizedCorpus", "encode_document", "encode_documents", "pack_sequences", "read_corpus",
     "split_documents", "tokenize_corpus", "tokenizer_digest", "train_eval_split",
-    "DATASETS", "ChecksumError", "DataNotFoundError", "cache_root", "data_dir", "download_dataset",
-    "missing_files",
+    "DATASETS", "ChecksumError", "DataNotFoundError", "UnsafeArchiveError", "cache_root", "data_dir",
+    "download_dataset", "missing_files",
     "read_tsv",
     "IGNORE_INDEX", "continuation_table", "find_word_starts", "mask_tokens",
 ]
