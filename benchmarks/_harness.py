@@ -267,7 +267,7 @@ def quick_out() -> str:
 
 
 def write_results(out_dir: str, stem: str, cmd: str, md_lines: list, data: dict) -> None:
-    """stem.md (first line: the command) and stem.json (first key: the command) in out_dir."""
+    """<stem>.md (first line: the command) and <stem>.json (first key: the command) in out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, stem + ".md"), "w") as f:
         f.write(f"Regenerate: `{cmd}`\n\n" + "\n".join(md_lines).rstrip() + "\n")

@@ -8,7 +8,7 @@ One folder per kernel family (softmax, layernorm, gelu, attention, cross_entropy
     gpu.py         the thin CuPy launcher for the .cu file
     NOTES.md       motivation in bytes and FLOPs, the backward derived by hand, measured results
 
-`get(name)` returns a namespace with exactly the functions of the kernel contract (../DESIGN.md):
+`get(name)` returns a namespace with exactly the functions of the kernel contract (docs/design.md):
 
     softmax_fwd, softmax_bwd, layernorm_fwd, layernorm_bwd, gelu_fwd, gelu_bwd,
     attention_fwd, attention_bwd, cross_entropy_fwd, cross_entropy_bwd, adamw_step

@@ -1,6 +1,6 @@
 """minillm: a from-scratch deep-learning engine for learning how BERT-style language models work.
 
-Shape legend, used in comments throughout the code (STYLE.md habit 5):
+Shape legend, used in the shape comments on tensor lines throughout the code:
 
     B batch, T sequence length, C hidden channels, H heads, D head size (C = H * D), V vocabulary, N rows
 

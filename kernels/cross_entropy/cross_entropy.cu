@@ -17,7 +17,7 @@
 // device-to-host copy every step -- so they make that row's loss and gradient NaN, visibly.
 //
 // What this is not: a kernel fused with the final matmul (logits are still materialized, as in the Numba
-// version); that fusion is where the remaining memory savings are (see NOTES_gpu.md).
+// version); that fusion is where the remaining memory savings are (see NOTES.md).
 
 #define THREADS 256
 #define NWARPS (THREADS / 32)

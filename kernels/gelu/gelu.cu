@@ -7,7 +7,7 @@
 //
 // Work mapping: a grid-stride loop, one element per thread per step; consecutive threads touch
 // consecutive floats, so each warp's access is one 128-byte transaction. Purely memory-bound: 8 bytes
-// per element forward, 12 backward (see NOTES_gpu.md). erff costs ~20 FP32 instructions, far below the
+// per element forward, 12 backward (see NOTES.md). erff costs ~20 FP32 instructions, far below the
 // ~60 FLOP/byte an H100 can spend before compute, not bandwidth, limits.
 //
 // What this is not: the tanh approximation of GELU (GPT-2's); erff is the exact form.

@@ -12,7 +12,7 @@
 // row is read twice (once for (m, s), once to write y), never three times as in max -> sum -> write.
 //
 // Masked entries (mask == 0) count as -inf: they get probability 0. A row with every entry masked has
-// m = -inf and s = 0 and is written as zeros, never NaN (the contract in ../DESIGN.md).
+// m = -inf and s = 0 and is written as zeros, never NaN (the kernel contract, docs/design.md).
 //
 // What this is not: a kernel for very long rows (V ~ 30k); one warp per row is right for attention rows
 // (T <= 512) and hidden sizes. Cross-entropy has its own block-per-row kernel for the vocabulary.

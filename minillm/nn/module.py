@@ -2,7 +2,7 @@
 
 A `Module` finds its parameters and sub-modules by looking at its own attributes, in the order they were
 assigned, so that `named_parameters()` yields dotted names such as `encoder.layer.0.attention.self.query.weight`
-(the Hugging Face names, STYLE.md habit 7). `state_dict()` / `load_state_dict()` speak plain arrays.
+(the Hugging Face names, so a checkpoint's key list maps one to one). `state_dict()` / `load_state_dict()` speak plain arrays.
 """
 from __future__ import annotations
 
