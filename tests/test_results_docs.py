@@ -201,3 +201,16 @@ def test_the_checks_catch_a_wrong_peer():
     wrong = (np.ones(4, np.float32),)
     with pytest.raises(AssertionError):
         K.check(wrong, (np.ones(4, np.float32) * 1.001,), "a result 0.1% off")
+
+
+def test_minillm_bench_forwards_every_flag_to_the_kernel_benchmark(monkeypatch):
+    import runpy
+
+    from minillm import cli
+
+    seen = {}
+    monkeypatch.setattr(runpy, "run_path", lambda path, run_name: seen.update(path=path, argv=list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["minillm"])
+    assert cli.main(["bench", "--family", "softmax", "--versions", "--quick"]) == 0
+    assert seen["path"].endswith(os.path.join("benchmarks", "kernels.py"))
+    assert seen["argv"][1:] == ["--family", "softmax", "--versions", "--quick"]
