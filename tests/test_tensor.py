@@ -213,6 +213,28 @@ def test_root_gradient_is_copied_not_aliased():
     np.testing.assert_array_equal(x.grad, [0.5, 0.5, 0.5])
 
 
+def test_negative_indices_and_leaf_gradients_on_a_device(monkeypatch):
+    """The same two guarantees on (stand-in) CuPy arrays: ids normalized on the device, .grad a fresh device
+    array that clip_grad_norm can scale in place."""
+    from device_standin import device_standin
+
+    from minillm.optim import clip_grad_norm
+
+    with device_standin(monkeypatch) as cp:
+        w = mm.Tensor(cp.asarray(np.ones((4, 3), np.float32)), requires_grad=True)
+        b = mm.Tensor(cp.asarray(np.ones((4, 3), np.float32)), requires_grad=True)
+        (w[cp.asarray(np.array([-1, 3]))].sum() + (b + 1).sum()).backward()
+        for t in (w, b):
+            assert mm.backend.is_cupy(t.grad) and t.grad.flags.writeable and t.grad.flags.c_contiguous
+        np.testing.assert_array_equal(w.grad.get(), [[0] * 3, [0] * 3, [0] * 3, [2] * 3])
+        norm = clip_grad_norm([w, b], 1.0)
+        assert norm == pytest.approx(np.sqrt(3 * 4 + 12))  # float32 sums of small integers: exact
+        total = np.sqrt((w.grad.get() ** 2).sum() + (b.grad.get() ** 2).sum())
+        np.testing.assert_allclose(total, 1.0, rtol=1e-6)  # scale 1 / (norm + 1e-6): 2e-7 below 1
+        with pytest.raises(IndexError, match=r"shape \(4, 3\)"):
+            w[cp.asarray(np.array([4]))]
+
+
 def test_no_grad_and_detach():
     x = mm.Tensor(np.ones(3), requires_grad=True)
     with mm.no_grad():
