@@ -142,6 +142,21 @@ def test_held_out_rows_come_from_documents_never_trained_on(tmp_path):
     assert eval_words and train_words and not train_words & eval_words
 
 
+def test_held_out_rows_sample_every_corpus_file(tmp_path):
+    from minillm.train.pretrain import PretrainArgs, prepare
+
+    # Two files with words of their own; the held-out rows (capped at 4) must not all come from the first.
+    words = {name: [f"{name}{i}" for i in range(200)] for name in ("a", "b")}
+    vocab = write(tmp_path, "vocab.txt", "\n".join(FakeTokenizer.SPECIALS + words["a"] + words["b"]) + "\n")
+    files = [str(write(tmp_path, f"{name}.txt", "\n".join(" ".join(w[10 * k:10 * k + 10] * 3) for k in range(20))))
+             for name, w in words.items()]
+    args = PretrainArgs(corpus=files, out=str(tmp_path / "run"), vocab=str(vocab), seq_len=16, eval_fraction=0.5,
+                        max_eval_rows=4, seed=0)
+    tok, _, _, eval_rows = prepare(args)
+    seen = {tok.ids_to_tokens[i][0] for i in eval_rows.ravel().tolist() if i not in tok.all_special_ids}
+    assert len(eval_rows) == 4 and seen == {"a", "b"}
+
+
 # --- the tokenizer's fast path into the flat corpus ------------------------------------------------------
 
 def small_bert_tokenizer():

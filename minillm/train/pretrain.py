@@ -93,7 +93,10 @@ def prepare(args: PretrainArgs):
         raise ValueError(f"the corpus {args.corpus} leaves {train_docs.n_tokens} training tokens, less than one "
                          f"row of {args.seq_len}; use more text or a shorter --seq-len")
     train_rows = pack_sequences(train_docs, args.seq_len, tok.cls_token_id, tok.sep_token_id)  # (N, T)
-    eval_rows = pack_sequences(eval_docs, args.seq_len, tok.cls_token_id, tok.sep_token_id)[: args.max_eval_rows]
+    eval_rows = pack_sequences(eval_docs, args.seq_len, tok.cls_token_id, tok.sep_token_id)  # (M, T)
+    # At most max_eval_rows, spread evenly over the held-out documents, so over every corpus file in turn.
+    keep = np.linspace(0, len(eval_rows) - 1, min(len(eval_rows), args.max_eval_rows)).round().astype(np.int64)
+    eval_rows = eval_rows[keep]
     config = preset_config(args.preset, tok.vocab_size, args.seq_len)
     return tok, config, train_rows, eval_rows
 
