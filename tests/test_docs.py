@@ -16,6 +16,7 @@ import inspect
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -284,7 +285,7 @@ def test_readme_links_every_page_of_the_docs():
 # --------------------------------------------------------------------------------------------------
 # the walk-through, carried out
 
-DIRECTIVE = re.compile(r"<!-- (edit [^>]*?|run|not run: [^>]*?) -->\s*```(\w*)\n(.*?)```", re.S)
+DIRECTIVE = re.compile(r"<!-- (edit [^>]*?|run|flags checked: [^>]*?) -->\s*```(\w*)\n(.*?)```", re.S)
 FENCE = re.compile(r"^```\w*$", re.M)
 
 
@@ -295,7 +296,7 @@ def walkthrough_steps() -> list[tuple[str, str, str]]:
     steps = DIRECTIVE.findall(text)
     n_blocks = len(FENCE.findall(text)) // 2
     assert len(steps) == n_blocks, (f"{WALKTHROUGH.name}: {n_blocks} code blocks but {len(steps)} directives; put "
-                                    "<!-- edit ... -->, <!-- run --> or <!-- not run: why --> before every block")
+                                    "<!-- edit ... -->, <!-- run --> or <!-- flags checked: why --> before every block")
     return steps
 
 
@@ -344,31 +345,41 @@ def run_in(root: Path, script: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def walked(tmp_path):
-    """A copy of the repository with every edit of the walk-through applied; returns (root, run blocks)."""
+    """A copy of the repository with every edit of the walk-through applied; returns (root, run blocks,
+    flag-checked blocks)."""
     root = copy_of_repo(tmp_path)
-    runs = []
+    runs, flagged = [], []
     for directive, language, body in walkthrough_steps():
         if directive.startswith("edit "):
             apply_edit(root, directive, body)
-        elif directive == "run":
-            assert language == "bash", f"{WALKTHROUGH.name}: only bash blocks can be run, got {language!r}"
-            runs.append(body)
+        else:
+            assert language == "bash", f"{WALKTHROUGH.name}: only bash blocks hold commands, got {language!r}"
+            (runs if directive == "run" else flagged).append(body)
     assert runs, f"{WALKTHROUGH.name} has no command to run"
-    return root, runs
+    return root, runs, flagged
 
 
 def test_add_a_kernel_version_walkthrough_works_verbatim(walked):
-    """Every edit of docs/add-a-kernel-version.md applies, and every command it shows succeeds afterwards."""
-    root, runs = walked
+    """Every edit of docs/add-a-kernel-version.md applies, and every command it shows succeeds afterwards
+    (a command too slow for the tests at least names a script and flags that exist)."""
+    root, runs, flagged = walked
     for script in runs:
         done = run_in(root, script)
         assert done.returncode == 0, f"walk-through command failed:\n{script}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     assert "v3" in done.stdout, "the last command should report the new version"
+    for block in flagged:
+        for line in filter(str.strip, block.splitlines()):
+            words = shlex.split(line)
+            assert words[0] == "python" and (REPO / words[1]).is_file(), f"not a script of the repository: {line}"
+            usage = subprocess.run([sys.executable, str(REPO / words[1]), "--help"], capture_output=True, text=True,
+                                   timeout=120)
+            unknown = [w for w in words[2:] if w.startswith("--") and w not in usage.stdout]
+            assert usage.returncode == 0 and not unknown, f"{line}: flags the script does not have: {unknown}"
 
 
 def test_add_a_kernel_version_check_catches_a_wrong_kernel(walked):
     """The walk-through's check is a real one: with the new version made 0.1% wrong, it fails."""
-    root, runs = walked
+    root, runs, _ = walked
     check = next(s for s in runs if "pytest" in s)
     cpu = root / "kernels" / "gelu" / "cpu.py"
     cpu.write_text(cpu.read_text(encoding="utf-8") + textwrap.dedent("""
