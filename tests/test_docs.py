@@ -7,7 +7,9 @@
   looked up, quoted lines found in the named function's source), and every page is linked from README.md;
 - the walk-through docs/add-a-kernel-version.md is carried out, edit by edit and command by command, in a
   temporary copy of the repository, and its check is shown to catch a wrong kernel;
-- the SST-2 report writer prints commands a reader can run (`$MINILLM_DATA`, relative paths).
+- the SST-2 report writer prints commands a reader can run (`$MINILLM_DATA`, relative paths);
+- docs/design.md's layer diagram holds for every import, and its claim that padded positions contribute
+  nothing to any gradient holds for a small BERT in float64.
 """
 import ast
 import importlib
@@ -507,3 +509,86 @@ def test_imports_follow_the_layers_of_the_design():
                 upward.append(f"{module}.py:{line} imports {target} (a row above it)")
     assert not unplaced, f"modules that docs/design.md's layer diagram does not place: {unplaced}"
     assert not upward, "imports that point up the layers of docs/design.md:\n" + "\n".join(upward)
+
+
+# --------------------------------------------------------------------------------------------------
+# a claim of docs/design.md ("Padded query rows are left unmasked, on purpose"), checked
+
+def tiny_bert(cls):
+    """A two-layer BERT in float64 on the reference kernels, without dropout (so runs are comparable)."""
+    import numpy as np
+
+    import minillm as mm
+
+    mm.manual_seed(0)
+    config = mm.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    model = cls(config)
+    for p in model.parameters():
+        p.data = p.data.astype(np.float64)
+    return model.train()
+
+
+def gradients(model, **batch):
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out.loss.item(), {n: p.grad.copy() for n, p in model.named_parameters()}
+
+
+@pytest.fixture
+def reference_kernels():
+    import minillm as mm
+
+    previous = mm.get_backend()
+    mm.set_backend("numpy")  # the reference kernels keep float64
+    yield
+    mm.set_backend(previous)
+
+
+def assert_same_gradients(got: dict, want: dict):
+    import numpy as np
+
+    # float64 through the same ops summed in another order: ~1e-16 relative. Compared with the largest
+    # gradient of the model, because some gradients are exactly 0 in theory (a key bias shifts every score
+    # of a row equally) and only rounding noise of ~1e-22 in practice.
+    scale = max(float(np.abs(g).max()) for g in want.values())
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-12 * scale, err_msg=name)
+
+
+def test_padding_changes_no_classifier_gradient(reference_kernels):
+    """A padded batch of two sentences gives the mean of the losses and gradients of the two unpadded
+    sentences: padded positions contribute nothing, although only keys are masked."""
+    import numpy as np
+
+    import minillm as mm
+
+    model = tiny_bert(mm.BertForSequenceClassification)
+    long, short = np.array([[2, 5, 7, 9, 3]]), np.array([[2, 11, 3]])
+    loss_a, grad_a = gradients(model, input_ids=long, attention_mask=np.ones_like(long), labels=np.array([1]))
+    loss_b, grad_b = gradients(model, input_ids=short, attention_mask=np.ones_like(short), labels=np.array([0]))
+    ids = np.array([[2, 5, 7, 9, 3], [2, 11, 3, 0, 0]])                    # [PAD] = 0 after the short one
+    loss, grad = gradients(model, input_ids=ids, attention_mask=np.array([[1] * 5, [1, 1, 1, 0, 0]]),
+                           labels=np.array([1, 0]))
+    assert abs(loss - (loss_a + loss_b) / 2) <= 1e-12  # float64 losses ~0.69: rounding is ~1e-16
+    assert_same_gradients(grad, {n: (grad_a[n] + grad_b[n]) / 2 for n in grad})
+
+
+def test_what_sits_at_padded_positions_changes_no_mlm_gradient(reference_kernels):
+    """Whatever tokens stand where attention_mask is 0, the MLM loss and every gradient are the same."""
+    import numpy as np
+
+    import minillm as mm
+
+    model = tiny_bert(mm.BertForMaskedLM)
+    am = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    labels = np.array([[-100, 6, -100, 8, -100, -100], [-100, -100, 13, -100, -100, -100]])
+    padded = np.array([[2, 4, 5, 4, 9, 3], [2, 7, 4, 3, 0, 0]])
+    other = padded.copy()
+    other[am == 0] = [17, 31]                                               # any tokens instead of [PAD]
+    loss, grad = gradients(model, input_ids=padded, attention_mask=am, labels=labels)
+    loss_other, grad_other = gradients(model, input_ids=other, attention_mask=am, labels=labels)
+    assert abs(loss - loss_other) <= 1e-12  # float64 losses ~log(50) = 3.9: rounding is ~1e-15
+    assert_same_gradients(grad_other, grad)
