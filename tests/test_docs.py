@@ -125,8 +125,16 @@ def test_every_named_file_exists():
 MD_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces -> hyphens."""
+    markdown = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)  # no headings inside code blocks
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{1,6} (.+)$", markdown, re.M)}
+
+
 def test_markdown_links_resolve():
-    """Every relative link of a tracked Markdown file leads to a repository file or folder."""
+    """Every relative link of a tracked Markdown file leads to a repository file or folder, and a
+    `#anchor` into a Markdown page to one of its headings."""
     paths = repo_files()
     files = set(paths)
     folders = {posixpath.dirname(p) for p in paths}
@@ -135,12 +143,14 @@ def test_markdown_links_resolve():
     for path in (p for p in paths if p.endswith(".md")):
         text = read(path)
         for m in MD_LINK.finditer(text):
-            target = m.group(1).split("#", 1)[0]
-            if not target or re.match(r"[a-z]+:", target):  # an anchor on the same page, a URL, mailto:
+            target, _, anchor = m.group(1).partition("#")
+            if re.match(r"[a-z]+:", target):  # a URL, mailto:
                 continue
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target)) if target else path
             if resolved not in files and resolved.rstrip("/") not in folders:
                 broken.append(f"{path}:{line_of(text, m.start())}: ({m.group(1)})")
+            elif anchor and resolved.endswith(".md") and anchor not in heading_anchors(read(resolved)):
+                broken.append(f"{path}:{line_of(text, m.start())}: ({m.group(1)}): no such heading")
     assert not broken, "Markdown links that lead nowhere in the repository:\n" + "\n".join(broken)
 
 
