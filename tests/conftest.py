@@ -42,6 +42,19 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, the oracle of parity tests: a test that asks for it skips (with the reason) without it, and only
+    that test; the tests beside it that do not need torch still run."""
+    return pytest.importorskip("torch", reason="torch is a test oracle only (pip install '.[test]')")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """Hugging Face transformers, the parity oracle for the BERT classes and the tokenizer (as `torch`)."""
+    return pytest.importorskip("transformers", reason="transformers is a test oracle only (pip install '.[test]')")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Tokenized corpora and downloads go to a temporary cache, never the user's ~/.cache/minillm."""

@@ -6,7 +6,8 @@ import minillm as mm
 from minillm import nn
 from minillm.optim import AdamW, LinearWarmupDecay, clip_grad_norm
 
-torch = pytest.importorskip("torch", reason="torch is the AdamW oracle (test extra)")
+# torch is the oracle of the two *_matches_torch tests only: they take the `torch` fixture (tests/conftest.py),
+# which skips them alone when torch is missing.
 
 
 class Tiny(nn.Module):
@@ -48,7 +49,7 @@ def test_module_names_state_and_modes():
         m(np.array([[7]]))
 
 
-def test_adamw_matches_torch():
+def test_adamw_matches_torch(torch):
     rng = np.random.default_rng(0)
     p0 = rng.standard_normal((5, 3)).astype(np.float32)
     grads = [rng.standard_normal((5, 3)).astype(np.float32) for _ in range(5)]
@@ -106,7 +107,7 @@ def test_clip_grad_norm_after_backward_through_a_broadcast():
     np.testing.assert_allclose(p.grad, 0.5, rtol=1e-6)  # scale 1 / (2 + 1e-6): 5e-7 below 0.5
 
 
-def test_clip_grad_norm_matches_torch():
+def test_clip_grad_norm_matches_torch(torch):
     rng = np.random.default_rng(2)
     gs = [rng.standard_normal((3, 4)).astype(np.float32) * 5, rng.standard_normal(7).astype(np.float32)]
     ps = [nn.Parameter(np.zeros_like(g)) for g in gs]
