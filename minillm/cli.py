@@ -8,7 +8,10 @@
     minillm bench                                  the kernel benchmark (benchmarks/kernels.py)
 
 Errors a user can act on (bad files, shapes, flags) are printed as one line `minillm: error: ...` with
-exit status 2, not as a traceback; set MINILLM_DEBUG=1 to see the traceback.
+exit status 2, not as a traceback; set MINILLM_DEBUG=1 to see the traceback. A bad flag value (a batch
+size of 0, a negative learning rate, an --out that is a file) never gets that far: each numeric flag's
+`type=` is a Check from minillm/train/checks.py (the same one that guards the dataclass field behind it),
+so argparse refuses it at parse time with its usage line and the flag's name.
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ import argparse
 import json
 import os
 import sys
+
+
+from .train.checks import (classifier_length, label_count, nonnegative_int, open_fraction, out_dir, positive_float,
+                           positive_int, random_seed, sequence_length)
 
 
 def _add_backend(p):
@@ -30,29 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the whole journey on SST-2 + WikiText-2 in about 10 minutes")
-    p.add_argument("--out", default="runs/demo", help="where the models and the report go")
-    p.add_argument("--minutes", type=float, default=10.0, help="rough wall-time budget (default 10)")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="override the budgeted pretraining steps")
-    p.add_argument("--finetune-steps", type=int, default=None, help="override the budgeted fine-tuning steps")
+    p.add_argument("--out", type=out_dir, default="runs/demo", help="where the models and the report go")
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="rough wall-time budget (default 10)")
+    p.add_argument("--pretrain-steps", type=positive_int, default=None, help="override the budgeted pretraining steps")
+    p.add_argument("--finetune-steps", type=positive_int, default=None, help="override the budgeted fine-tuning steps")
     p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"))
     p.add_argument("--data", default=None, help="folder with sst2/ and wikitext2/ (default: MINILLM_DATA, cache, download)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     _add_backend(p)
 
     p = sub.add_parser("pretrain", help="masked-language-model pretraining from random weights")
     p.add_argument("--preset", default="mini", choices=("tiny", "mini", "small"))
     p.add_argument("--corpus", nargs="+", required=True, help="plain-text files (one paragraph per line) or GLUE TSVs")
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--out", type=out_dir, required=True)
+    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--seq-len", type=sequence_length, default=128)
+    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--lr", type=positive_float, default=5e-4)
     p.add_argument("--vocab", default=None, help="vocab.txt (or a folder with one); default: train WordPiece on the corpus")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--eval-every", type=int, default=0, help="0: ten evaluations per run")
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--vocab-size", type=positive_int, default=8000)
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--eval-every", type=nonnegative_int, default=0, help="0: ten evaluations per run")
+    p.add_argument("--checkpoint-every", type=nonnegative_int, default=200, help="0: only at the end")
     p.add_argument("--whole-word", action="store_true", help="whole-word masking")
     p.add_argument("--dense-head", action="store_true", help="score every position, not only the masked ones")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -62,19 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True)
     p.add_argument("--eval", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-steps", type=int, default=0, help="cap on optimizer steps (0: epochs decide)")
-    p.add_argument("--evals-per-epoch", type=int, default=1)
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (overrides --evals-per-epoch)")
-    p.add_argument("--num-labels", type=int, default=2)
-    p.add_argument("--validation-fraction", type=float, default=0.05,
+    p.add_argument("--out", type=out_dir, required=True)
+    p.add_argument("--epochs", type=positive_float, default=3.0)
+    p.add_argument("--lr", type=positive_float, default=5e-5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=classifier_length, default=128)
+    p.add_argument("--max-steps", type=nonnegative_int, default=0, help="cap on optimizer steps (0: epochs decide)")
+    p.add_argument("--evals-per-epoch", type=positive_int, default=1)
+    p.add_argument("--eval-every", type=nonnegative_int, default=0,
+                   help="evaluate every N steps (overrides --evals-per-epoch)")
+    p.add_argument("--num-labels", type=label_count, default=2)
+    p.add_argument("--validation-fraction", type=open_fraction, default=0.05,
                    help="share of --train held out to choose the checkpoint (at most 1,000 rows); --eval is "
                         "scored once, at the end")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--resume", action="store_true")
     _add_backend(p)
 
@@ -185,7 +193,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, KeyError, IndexError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, OSError, KeyError, IndexError, RuntimeError, FloatingPointError) as e:
         if os.environ.get("MINILLM_DEBUG"):
             raise
         print(f"minillm: error: {e}", file=sys.stderr)

@@ -47,6 +47,28 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: cannot read safetensors file, it is truncated or corrupt ({e})") from e
 
 
+def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write `tensors` (name -> array) to a .safetensors file, atomically; the one place minillm writes
+    weights (models and training checkpoints alike), so the one place that refuses non-finite ones.
+
+    A NaN or inf weight means training diverged: such a file would load without complaint and poison
+    everything after it, so it raises FloatingPointError (naming the tensors) and writes nothing.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    bad = [(name, int(a.size - np.isfinite(a).sum())) for name, a in arrays.items()
+           if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        listed = ", ".join(f"{name} ({n} of {arrays[name].size})" for name, n in bad[:4])
+        more = f" and {len(bad) - 4} more tensors" if len(bad) > 4 else ""
+        raise FloatingPointError(
+            f"{path}: refusing to save non-finite weights: NaN or inf values in {listed}{more}; training "
+            "diverged: lower --lr, or resume from the last checkpoint")
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
+
+
 def _to_model_names(state: dict, own: set[str], is_task_model: bool) -> dict:
     """Map checkpoint keys onto the model's names: add or strip the `bert.` prefix as needed."""
     mapped = {}
@@ -104,15 +126,15 @@ class CheckpointMixin:
         return model
 
     def save_pretrained(self, path, tokenizer=None) -> None:
-        """Write config.json and model.safetensors (and vocab.txt when a tokenizer is given), atomically."""
-        from safetensors.numpy import save_file
+        """Write config.json and model.safetensors (and vocab.txt when a tokenizer is given), atomically.
 
+        Raises FloatingPointError, writing nothing, when a weight is NaN or inf (see write_safetensors).
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {name: np.ascontiguousarray(a) for name, a in self.state_dict().items()}
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
-        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        write_safetensors(path / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
         atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2, sort_keys=True)))
         if tokenizer is not None:
             tokenizer.save_pretrained(path)

@@ -38,7 +38,10 @@ from ..models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassifica
 from ..tensor import no_grad
 from ..tokenizer import BertTokenizer
 from .device import device_of, on_device
+from .checks import (check_out_dir, check_settings, classifier_length, label_count, nonnegative_int, open_fraction,
+                     positive_float, positive_int, random_seed, setting)
 from .loop import Trainer, TrainConfig
+from .resume import check_resume, run_record
 
 DEFAULT_PROMPT = "{sentence} it was [MASK] ."
 DEFAULT_LABEL_WORDS = (("terrible", "bad", "awful"), ("great", "good", "wonderful"))  # label 0, label 1
@@ -48,22 +51,28 @@ MAX_VALIDATION_ROWS = 1000
 
 @dataclass
 class FinetuneArgs:
+    """`minillm finetune`'s arguments; each numeric one is checked on creation by its flag's own Check."""
     model: str
     train: str
     eval: str                 # scored once, at the end, on the model chosen on the validation split
     out: str
-    epochs: float = 3.0
-    lr: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 128
-    seed: int = 0
-    num_labels: int = 2
-    max_steps: int = 0        # > 0 caps the run (a budget in steps instead of epochs)
-    evals_per_epoch: int = 1
-    eval_every: int = 0       # > 0: evaluate every this many steps instead of evals_per_epoch
+    epochs: float = setting(positive_float, 3.0)
+    lr: float = setting(positive_float, 5e-5)
+    batch_size: int = setting(positive_int, 32)
+    max_length: int = setting(classifier_length, 128)
+    seed: int = setting(random_seed, 0)
+    num_labels: int = setting(label_count, 2)
+    max_steps: int = setting(nonnegative_int, 0)      # > 0 caps the run (a budget in steps instead of epochs)
+    evals_per_epoch: int = setting(positive_int, 1)
+    eval_every: int = setting(nonnegative_int, 0)     # > 0: evaluate every this many steps instead of evals_per_epoch
     resume: bool = False
-    validation_fraction: float = 0.05  # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
+    # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
+    validation_fraction: float = setting(open_fraction, 0.05)
     device: str = "cpu"
+
+    def __post_init__(self):
+        check_settings(self)
+        check_out_dir(self.out)
 
 
 def load_classifier(path, num_labels: int | None = None,
@@ -148,6 +157,11 @@ def finetune(args: FinetuneArgs) -> dict:
     validation split (held-out training rows); score args.eval once with it. Returns the args.eval metrics."""
     from ..tensor import manual_seed
 
+    # What defines this run, recorded in its checkpoints: a resume that differs is refused. Files count by
+    # their SHA-256 (--model by its config.json, vocab.txt, tokenizer_config.json); the device may change.
+    run = run_record(args, files=("model", "train", "eval"), exclude=("out", "resume", "device"))
+    if args.resume:  # a broken or different checkpoint is reported before any data is read
+        check_resume(args.out, run)
     model, tok = load_classifier(args.model, args.num_labels, device=args.device)
     sentences, labels = read_tsv(args.train, num_labels=args.num_labels)
     eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels)  # read now: a bad file fails before training
@@ -181,7 +195,8 @@ def finetune(args: FinetuneArgs) -> dict:
     trainer = Trainer(model, cfg, args.out, get_batch,
                       evaluate=lambda m: {"eval_split": "validation", **evaluate_classifier(m, val)},
                       save_model=lambda path: model.save_pretrained(path, tokenizer=tok),
-                      count_tokens=lambda b: int(b["attention_mask"].sum()), desc="finetune", device=args.device)
+                      count_tokens=lambda b: int(b["attention_mask"].sum()), desc="finetune", device=args.device,
+                      run=run)
     print(f"finetune: {len(train_rows)} train / {len(val_rows)} validation (held out of {args.train}, chooses "
           f"the checkpoint) / {len(eval_x)} eval sentences (scored once, at the end), {steps} steps "
           f"({per_epoch} per epoch), batch {args.batch_size}, lr {args.lr}")

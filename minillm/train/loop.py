@@ -3,21 +3,43 @@
 One optimizer step is: for each of `grad_accum` micro-batches, loss / grad_accum -> backward; then
 global-norm clipping, the learning rate of this step (linear warm-up, linear decay), AdamW, zero_grad.
 
+Non-finite steps: when a step's mean loss or its gradient norm is NaN or inf, its update is skipped
+(weights and AdamW moments stay as they were; llm.c skips outlier steps the same way), its train row in
+metrics.jsonl says `"skipped": true` and a line is printed. One bad batch costs one step. After
+`max_skipped_steps` skipped steps in a row (default 5) the run has diverged rather than hit a bad batch:
+it stops with a FloatingPointError naming the step and suggesting a lower --lr, and the last checkpoint
+stays as it was. No file is ever written with NaN or inf weights (`write_safetensors` refuses).
+
 Determinism and exact resume: everything random in step s (which examples, which tokens are masked,
 dropout) is drawn from generators seeded by (seed, s), never from state carried across steps. A checkpoint
 therefore only needs the weights, the optimizer moments and the step number, and `resume=True` replays
-the remaining steps exactly as an uninterrupted run would (a test checks the losses match bit for bit).
+the remaining steps exactly as an uninterrupted run would (tests check the losses match bit for bit,
+whether the crash fell on a checkpoint or between two).
 
-Crash safety: a checkpoint is written into a fresh folder `checkpoint-<step>`; only when every file is in
-place does `latest.json` (itself replaced atomically) point at it, and only then are older folders
-removed. A run killed mid-write leaves the previous checkpoint untouched and `latest.json` pointing at it.
+Same run or refused (resume.py): a checkpoint records the TrainConfig and the caller's description of
+the run (`run`: the command's arguments, with a SHA-256 of each data file in place of its contents). A
+resume whose settings differ is refused with the field, the old and the new value; only
+`checkpoint_every` and `log_every` may change (and the caller leaves `out` and `resume` out of `run`). A
+data file may move, but not change.
+
+Crash safety: a checkpoint is written into a temporary folder `.checkpoint-<step>.tmp-<run id>` and
+renamed to `checkpoint-<step>` when every file is in place; then `latest.json` (itself replaced
+atomically) points at it, and only then are this run's older checkpoints removed. A run killed mid-write
+leaves the previous checkpoint untouched and `latest.json` pointing at it.
+
+Whose folders: every checkpoint's trainer_state.json carries the id of the run that wrote it, and only
+folders with this run's id are ever removed: a `checkpoint-7/` that minillm did not write survives. A
+folder in the way of a new checkpoint is replaced only when it is a minillm checkpoint (of this run, or of
+an earlier run written into the same --out); anything else stops the run with an error.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,26 +47,33 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..models.checkpoint import atomic_write, read_safetensors
+from ..models.checkpoint import atomic_write, read_safetensors, write_safetensors
 from ..optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from ..tensor import manual_seed
+from .checks import (check_out_dir, check_settings, nonnegative_float, nonnegative_int, positive_float,
+                     positive_int, positive_or_inf, probability, random_seed, setting)
 from .device import check_device, on_device
 from .metrics import MetricsLog, plot_metrics
+from .resume import check_same_run, find_checkpoint, read_trainer_state
 
 
 @dataclass
 class TrainConfig:
-    steps: int
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.06
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    eval_every: int = 0          # 0: only at the end
-    checkpoint_every: int = 0    # 0: only at the end
-    log_every: int = 1
-    seed: int = 0
+    steps: int = setting(positive_int)
+    lr: float = setting(positive_float, 1e-4)
+    weight_decay: float = setting(nonnegative_float, 0.01)
+    warmup_fraction: float = setting(probability, 0.06)
+    max_grad_norm: float = setting(positive_or_inf, 1.0)
+    grad_accum: int = setting(positive_int, 1)
+    eval_every: int = setting(nonnegative_int, 0)        # 0: only at the end
+    checkpoint_every: int = setting(nonnegative_int, 0)  # 0: only at the end
+    log_every: int = setting(positive_int, 1)
+    seed: int = setting(random_seed, 0)
     best_metric: str | None = None  # e.g. "accuracy": keep the model with the best eval value of it
+    max_skipped_steps: int = setting(positive_int, 5)    # non-finite steps in a row before the run stops
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -60,6 +89,13 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_out_dir(path) -> Path:
+    """Create the run folder `path` (a clear ValueError when it is a file, not a FileExistsError)."""
+    path = check_out_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class Trainer:
     """Runs `config.steps` optimizer steps of `model`.
 
@@ -72,14 +108,16 @@ class Trainer:
         save_model: save_model(path) writes the model in HF layout (with its tokenizer).
         count_tokens: count_tokens(batch) -> int, for tokens/s (given the batch as get_batch made it).
         device: "cpu" or "cuda": the model, its optimizer moments and every batch (through `on_device`).
+        run: JSON-able settings that define the run beyond `config` (see `run_record`); recorded in every
+            checkpoint, and a resume with different ones is refused.
     """
 
     def __init__(self, model, config: TrainConfig, out_dir, get_batch: Callable, evaluate: Callable,
                  save_model: Callable, count_tokens: Callable = lambda b: int(np.asarray(b["input_ids"]).size),
-                 desc: str = "train", device: str = "cpu"):
+                 desc: str = "train", run: dict | None = None, device: str = "cpu"):
         self.model, self.config, self.out_dir = model, config, Path(out_dir)
         self.get_batch, self.evaluate, self.save_model, self.count_tokens = get_batch, evaluate, save_model, count_tokens
-        self.desc = desc
+        self.desc, self.run = desc, run
         self.device = check_device(device)
         model.to(device)  # before the optimizer, whose moments are made where the parameters are
         self.optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
@@ -87,11 +125,14 @@ class Trainer:
         self.schedule = LinearWarmupDecay(self.optimizer, warmup, config.steps)
         self.step = 0
         self.best = None
+        self.skipped_in_a_row = 0
+        self.run_id = uuid.uuid4().hex       # marks this run's checkpoint folders (a resume adopts the old id)
+        self._own_legacy: set[str] = set()   # a resumed checkpoint written before run ids existed
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_out_dir(self.out_dir)
         if resume:
             self.load_checkpoint()
         log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step if resume else None)
@@ -100,18 +141,32 @@ class Trainer:
                    disable=None)
         tokens, t0 = 0, time.perf_counter()
         while self.step < cfg.steps:
-            loss, n_tokens = self.train_step()
+            loss, n_tokens, grad_norm, skipped = self.train_step()
             self.step += 1
             tokens += n_tokens
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                log.write(step=self.step, split="train", loss=loss, lr=self.optimizer.param_groups[0]["lr"],
-                          tokens_per_s=round(rate, 1))
+            row = dict(step=self.step, split="train", loss=loss, lr=self.optimizer.param_groups[0]["lr"],
+                       grad_norm=grad_norm, tokens_per_s=round(rate, 1))
+            if skipped:
+                self.skipped_in_a_row += 1
+                log.write(**row, skipped=True)
+                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                tqdm.write(f"[{self.desc}] step {self.step}: {what} is {loss if what == 'loss' else grad_norm}; "
+                           f"update skipped ({self.skipped_in_a_row} in a row, the run stops at "
+                           f"{cfg.max_skipped_steps})")
+                if self.skipped_in_a_row >= cfg.max_skipped_steps:
+                    bar.close()
+                    raise FloatingPointError(
+                        f"step {self.step}: {self.skipped_in_a_row} updates in a row skipped because the {what} "
+                        f"was not finite ({loss if what == 'loss' else grad_norm}); training diverged. Lower "
+                        f"--lr (this run: {cfg.lr:g}) or check the data; the last checkpoint in {self.out_dir} "
+                        "is intact")
+            else:
+                self.skipped_in_a_row = 0
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    log.write(**row)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
             bar.update(1)
-            if not math.isfinite(loss):
-                bar.close()
-                raise FloatingPointError(f"loss became {loss} at step {self.step}; lower --lr or check the data")
             final = self.step == cfg.steps
             if final or (cfg.eval_every and self.step % cfg.eval_every == 0):
                 last_eval = self.run_eval(log)
@@ -125,8 +180,11 @@ class Trainer:
         plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", title=self.desc)
         return last_eval
 
-    def train_step(self) -> tuple[float, int]:
-        """One optimizer step over grad_accum micro-batches; returns (mean loss, tokens)."""
+    def train_step(self) -> tuple[float, int, float, bool]:
+        """One optimizer step over grad_accum micro-batches: (mean loss, tokens, gradient norm, skipped).
+
+        The update is skipped (skipped=True) when the loss or the gradient norm is not finite.
+        """
         cfg = self.config
         self.model.train()
         total, n_tokens = 0.0, 0
@@ -137,11 +195,14 @@ class Trainer:
             out = self.model(**on_device(batch, self.device))
             (out.loss * (1.0 / cfg.grad_accum)).backward()
             total += float(out.loss.item())
-        clip_grad_norm(self.model.parameters(), cfg.max_grad_norm)
+        loss = total / cfg.grad_accum
+        grad_norm = float(clip_grad_norm(self.model.parameters(), cfg.max_grad_norm))
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         self.schedule.set_step(self.step)
-        self.optimizer.step()
+        if not skipped:
+            self.optimizer.step()
         self.optimizer.zero_grad()
-        return total / cfg.grad_accum, n_tokens
+        return loss, n_tokens, grad_norm, skipped
 
     def run_eval(self, log: MetricsLog) -> dict:
         from ..tensor import no_grad
@@ -159,39 +220,45 @@ class Trainer:
         return result
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        from safetensors.numpy import save_file
+    def _is_ours(self, folder: Path) -> bool:
+        state = read_trainer_state(folder)
+        return state is not None and (state.get("run_id") == self.run_id or folder.name in self._own_legacy)
 
+    def save_checkpoint(self) -> Path:
         folder = self.out_dir / f"checkpoint-{self.step}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir()
-        save_file({k: np.ascontiguousarray(v) for k, v in self.model.state_dict().items()},
-                  str(folder / "model.safetensors"))
-        opt = self.optimizer.state_dict()
-        save_file(opt.pop("arrays") or {"_empty": np.zeros(0, np.float32)}, str(folder / "optimizer.safetensors"))
-        state = {"step": self.step, "optimizer": opt, "best": self.best, "config": asdict(self.config)}
-        (folder / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        if folder.exists() and read_trainer_state(folder) is None:
+            raise ValueError(f"{folder} is in the way of this run's checkpoint and minillm did not write it (no "
+                             f"trainer_state.json of a minillm run in it); move it out of {self.out_dir}, or "
+                             "choose another --out")
+        tmp = self.out_dir / f".{folder.name}.tmp-{self.run_id}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            write_safetensors(tmp / "model.safetensors", self.model.state_dict())  # refuses NaN / inf
+            opt = self.optimizer.state_dict()
+            write_safetensors(tmp / "optimizer.safetensors", opt.pop("arrays") or {"_empty": np.zeros(0, np.float32)})
+            state = {"step": self.step, "optimizer": opt, "best": self.best, "config": asdict(self.config),
+                     "run": self.run, "run_id": self.run_id, "skipped_in_a_row": self.skipped_in_a_row}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            if folder.exists():  # a minillm checkpoint of this step that latest.json does not point at
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         atomic_write(self.out_dir / "latest.json",
-                     lambda tmp: tmp.write_text(json.dumps({"checkpoint": folder.name, "step": self.step})))
+                     lambda t: t.write_text(json.dumps({"checkpoint": folder.name, "step": self.step})))
         for old in self.out_dir.glob("checkpoint-*"):
-            if old != folder:
+            if old != folder and old.is_dir() and self._is_ours(old):
                 shutil.rmtree(old, ignore_errors=True)
+        for leftover in self.out_dir.glob(f".checkpoint-*.tmp-{self.run_id}"):  # from a crash mid-write
+            shutil.rmtree(leftover, ignore_errors=True)
         return folder
 
     def load_checkpoint(self) -> None:
-        pointer = self.out_dir / "latest.json"
-        if not pointer.is_file():
-            raise FileNotFoundError(f"--resume: {pointer} not found; there is no checkpoint in {self.out_dir} to resume")
-        folder = self.out_dir / json.loads(pointer.read_text())["checkpoint"]
-        state = json.loads((folder / "trainer_state.json").read_text())
-        saved = state["config"]
-        for key in ("steps", "seed", "grad_accum"):
-            if saved[key] != getattr(self.config, key):
-                raise ValueError(
-                    f"--resume: the checkpoint in {folder} was made with {key}={saved[key]}, this run asks for "
-                    f"{key}={getattr(self.config, key)}; resuming would not continue the same run"
-                )
+        folder, state = find_checkpoint(self.out_dir)
+        check_same_run(folder, state, self.config, self.run)
         weights = read_safetensors(folder / "model.safetensors")
         own = dict(self.model._named_parameters_all(""))
         for name, array in weights.items():
@@ -204,3 +271,8 @@ class Trainer:
         arrays = {k: v for k, v in read_safetensors(folder / "optimizer.safetensors").items() if k != "_empty"}
         self.optimizer.load_state_dict({**state["optimizer"], "arrays": arrays})
         self.step, self.best = int(state["step"]), state["best"]
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        if state.get("run_id"):
+            self.run_id = state["run_id"]
+        else:
+            self._own_legacy.add(folder.name)

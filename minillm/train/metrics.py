@@ -1,4 +1,8 @@
-"""metrics.jsonl (one JSON object per line) and the loss.png curve drawn from it."""
+"""metrics.jsonl (one JSON object per line) and the loss.png curve drawn from it.
+
+The file is strict JSON, readable by any JSON parser (jq, pandas, JavaScript): a NaN or infinite value,
+such as the loss of a skipped step, is written as null.
+"""
 from __future__ import annotations
 
 import json
@@ -18,8 +22,9 @@ class MetricsLog:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, **record) -> None:
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def read_metrics(path) -> list[dict]:
@@ -27,6 +32,10 @@ def read_metrics(path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def smooth(values: list[float], alpha: float = 0.1) -> list[float]:
@@ -46,8 +55,8 @@ def plot_metrics(metrics_path, png_path, title: str = "") -> Path | None:
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    train = [r for r in records if r.get("split") == "train" and math.isfinite(r.get("loss", math.nan))]
-    evals = [r for r in records if r.get("split") == "eval"]
+    train = [r for r in records if r.get("split") == "train" and _finite(r.get("loss"))]
+    evals = [r for r in records if r.get("split") == "eval" and _finite(r.get("loss"))]
     if not train and not evals:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)

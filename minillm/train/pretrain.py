@@ -20,7 +20,10 @@ from ..data import mask_tokens, pack_sequences, read_corpus, split_documents, to
 from ..models.bert import BertConfig, BertForMaskedLM
 from ..tokenizer import BertTokenizer
 from .device import device_of, on_device
+from .checks import (check_out_dir, check_settings, nonnegative_int, open_fraction, positive_float, positive_int,
+                     random_seed, sequence_length, setting)
 from .loop import Trainer, TrainConfig
+from .resume import check_resume, run_record
 
 # (layers, hidden, heads); the feed-forward is 4x hidden as in BERT. `tiny` and `mini` are the shapes of
 # Turc et al.'s BERT-Tiny / BERT-Mini; `small` is BERT-Small's 4 layers at width 512.
@@ -33,25 +36,32 @@ PRESETS = {
 
 @dataclass
 class PretrainArgs:
+    """`minillm pretrain`'s arguments; each numeric one is checked on creation by its flag's own Check."""
     corpus: list
     out: str
     preset: str = "mini"
-    steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 128
-    seed: int = 0
-    lr: float = 5e-4
+    steps: int = setting(positive_int, 1000)
+    batch_size: int = setting(positive_int, 32)
+    seq_len: int = setting(sequence_length, 128)
+    seed: int = setting(random_seed, 0)
+    lr: float = setting(positive_float, 5e-4)
     vocab: str | None = None
-    vocab_size: int = 8000
-    eval_fraction: float = 0.02
-    eval_every: int = 0
-    checkpoint_every: int = 200
-    grad_accum: int = 1
+    vocab_size: int = setting(positive_int, 8000)
+    eval_fraction: float = setting(open_fraction, 0.02)
+    eval_every: int = setting(nonnegative_int, 0)
+    checkpoint_every: int = setting(nonnegative_int, 200)
+    grad_accum: int = setting(positive_int, 1)
     whole_word: bool = False
     resume: bool = False
-    max_eval_rows: int = 256
+    max_eval_rows: int = setting(positive_int, 256)
     sparse_head: bool = True
     device: str = "cpu"  # "cuda": the model, its optimizer and every batch on the GPU
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+        check_out_dir(self.out)
 
 
 def preset_config(preset: str, vocab_size: int, seq_len: int) -> BertConfig:
@@ -78,12 +88,7 @@ def build_tokenizer(args: PretrainArgs, documents: list[str]) -> BertTokenizer:
 
 def prepare(args: PretrainArgs):
     """Everything checked and built before the first step: (tokenizer, config, train rows, eval rows)."""
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
-    if args.seq_len < 8:
-        raise ValueError(f"--seq-len {args.seq_len} is too short (at least 8)")
-    if args.seq_len > 512:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the position table (512 positions)")
+    args.__post_init__()  # again, in case a field was changed after the arguments were made
     documents = [doc for path in args.corpus for doc in read_corpus(path)]  # raises on empty / non-UTF-8
     tok = build_tokenizer(args, documents)
     docs = tokenize_corpus(args.corpus, tok, progress=True)  # flat ids + document offsets
@@ -135,9 +140,17 @@ def evaluate_mlm(model, tok, eval_rows: np.ndarray, seed: int, batch_size: int =
 
 def pretrain(args: PretrainArgs) -> dict:
     """Run MLM pretraining as `minillm pretrain` does; returns the final evaluation."""
-    from ..data import continuation_table
+    from ..data import continuation_table, tokenizer_digest
     from ..tensor import manual_seed
 
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, grad_accum=args.grad_accum,
+                      eval_every=args.eval_every or max(1, args.steps // 10),
+                      checkpoint_every=args.checkpoint_every, warmup_fraction=0.06)
+    # What defines this run, recorded in its checkpoints: a resume that differs is refused. The data files
+    # count by their SHA-256; the device and the checkpoint interval may change.
+    run = run_record(args, files=("corpus", "vocab"), exclude=("out", "resume", "checkpoint_every", "device"))
+    if args.resume:  # a broken or different checkpoint is reported before the corpus is read
+        check_resume(args.out, run, cfg)
     tok, config, train_rows, eval_rows = prepare(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,14 +167,13 @@ def pretrain(args: PretrainArgs) -> dict:
         order = np.random.default_rng([args.seed, epoch, 7]).permutation(n)
         return mlm_batch(train_rows[order[i * b:(i + 1) * b]], tok, rng, table)
 
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, grad_accum=args.grad_accum,
-                      eval_every=args.eval_every or max(1, args.steps // 10),
-                      checkpoint_every=args.checkpoint_every, warmup_fraction=0.06)
+    run["tokenizer"] = tokenizer_digest(tok)  # on resume it comes from the run folder's own vocab.txt
     trainer = Trainer(
         model, cfg, out, get_batch,
         evaluate=lambda m: evaluate_mlm(m, tok, eval_rows, args.seed),
         save_model=lambda path: model.save_pretrained(path, tokenizer=tok),
         count_tokens=lambda batch: int(batch["input_ids"].size), desc=f"pretrain {args.preset}", device=args.device,
+        run=run,
     )
     print(f"pretrain: {args.preset} ({model.num_parameters() / 1e6:.2f}M parameters, vocab {tok.vocab_size}), "
           f"{n} train rows / {len(eval_rows)} eval rows of {args.seq_len} tokens, batch {b}, {args.steps} steps")
