@@ -23,7 +23,11 @@ ap.add_argument("--threads", type=int, default=2)
 args = ap.parse_args()
 for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.threads)
+for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # together, as in benchmarks/_harness.py: no forced BLAS kernel
+    os.environ.pop(var, None)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._harness import blas_info  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -89,7 +93,8 @@ total = sum(phase.values()) / n
 ops = sum(v for v in spent.values()) / n
 print(f"# Step profile: {args.shape}, {args.head} head, batch {B} x {T}, {args.threads} threads\n")
 print(f"Command: `python benchmarks/profile_step.py --shape {args.shape} --head {args.head} --steps {n} "
-      f"--threads {args.threads}`; mean of {n} steps after 2 warm-up steps.\n")
+      f"--threads {args.threads}`; mean of {n} steps after 2 warm-up steps; NumPy BLAS: {blas_info()}; "
+      "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the environment.\n")
 print(f"Step: {total * 1000:.0f} ms = {B * T / total:.0f} tokens/s "
       f"({', '.join(f'{k} {v / n * 1000:.0f} ms' for k, v in phase.items())})\n")
 print("| part | ms per step | share |\n| --- | --- | --- |")
