@@ -136,7 +136,8 @@ class Softmax(Bench):
     @staticmethod
     def describe(shape, variant):
         n = math.prod(shape) * 4
-        return {"fwd": 2 * n, "bwd": 3 * n, "fwd+bwd": 5 * n}, "fwd 2*N*L*4 (x in, y out); bwd 3*N*L*4 (y, dy in, dx out)"
+        return ({"fwd": 2 * n, "bwd": 3 * n, "fwd+bwd": 5 * n},
+                "fwd 2*N*L*4 (x in, y out); bwd 3*N*L*4 (y, dy in, dx out)")
 
     def fwd(self, f):
         return lambda: (f(self.x),)
@@ -538,7 +539,8 @@ def collect(args) -> dict:
         for k, v in w["first"].items():
             firsts.setdefault(k, []).append(v)
     return {
-        "host": {"cpu": host["cpu"], "cores": host["cores"], "loadavg_start": host["loadavg"],
+        "host": {"cpu": host["cpu"], "cores": host["cores"], "caches": host["caches"],
+                 "loadavg_start": host["loadavg"],
                  "loadavg_end": list(os.getloadavg())},
         "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats,
         "settings": H.settings_text(args.threads),

@@ -130,7 +130,8 @@ def write_versions(out: str, cmd: str, data: dict, family: str) -> None:
               "engine uses (`kernels.get(\"numba\")`) is marked *engine*: " +
               ", ".join(f"`{fn}` = {v}" for fn, v in winners.items()) + ". Chart: "
               f"[kernels_{family}.png](kernels_{family}.png).", "",
-              "| shape | pass | implementation | ms | rate | % of line | vs reference | PyTorch / this | first call s |",
+              "| shape | pass | implementation | ms | rate | % of line | vs reference | PyTorch / this "
+              "| first call s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         fn = {"fwd": f"{family}_fwd", "bwd": f"{family}_bwd", "step": "adamw_step"}[r["pass"]]
@@ -164,8 +165,8 @@ def _plot_main(out: str, rows: list, data: dict) -> None:
     import numpy as np
 
     plt = _plt()
-    labels = [f"{r['family']}\n{'x'.join(map(str, r['shape']))}{' ' + r['variant'] if r['variant'] else ''}\n{r['pass']}"
-              for r in rows]
+    labels = [f"{r['family']}\n{'x'.join(map(str, r['shape']))}{' ' + r['variant'] if r['variant'] else ''}"
+              f"\n{r['pass']}" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 1.0), 5))
     for k, (impl, name, col) in enumerate((("reference", "NumPy reference", "#999999"), ("minillm", "minillm (Numba)",
@@ -192,7 +193,7 @@ def _plot_versions(out: str, family: str, rows: list, data: dict) -> None:
     blues = plt.cm.Blues(np.linspace(0.45, 0.95, max(1, len(impls) - 2)))
     for k, i in enumerate([i for i in impls if i not in colours]):
         colours[i] = blues[k]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(rows) + 3.5), 4.5))
     width = 0.8 / len(impls)
     x = np.arange(len(rows))
     for k, impl in enumerate(impls):
@@ -201,14 +202,14 @@ def _plot_versions(out: str, family: str, rows: list, data: dict) -> None:
     for j, r in enumerate(rows):
         ax.hlines(r["line"], j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1)
     unit = rows[0]["unit"] if rows else ""
-    line_name = "float32 matmul" if unit == "GFLOP/s" else "copy bandwidth"
+    line_name = "float32 matmul" if unit == "GFLOP/s" else "memory bandwidth"
     ax.plot([], [], "k--", linewidth=1, label=f"machine: {line_name}")
     ax.set_yscale("log")
     ax.set_ylabel(f"achieved {unit} (log scale, higher is better)")
     ax.set_xticks(x, [f"{'x'.join(map(str, r['shape']))}{' ' + r['variant'] if r['variant'] else ''}\n{r['pass']}"
                       for r in rows], fontsize=7)
     ax.set_title(f"{family}: every version against the machine's line, {data['threads']} threads")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(os.path.join(out, f"kernels_{family}.png"), dpi=110)
     plt.close(fig)

@@ -100,9 +100,10 @@ def readme_block(results: str = RESULTS) -> list:
 
 def notes_block(family: str, results: str = RESULTS) -> list:
     k = load("kernels.json", results)
-    lines = [f"From [`kernels.md`](../../benchmarks/results/kernels.md) ({k['threads']} threads; rounds: {k['rounds']}, "
+    lines = [f"From [`kernels.md`](../../benchmarks/results/kernels.md) ({k['threads']} threads; rounds: "
+             f"{k['rounds']}, "
              "each one process per engine; machine lines measured in the same run: "
-             f"copy {k['machine']['copy_gbs']['line']:.1f} GB/s, float32 matmul "
+             f"memory {k['machine']['copy_gbs']['line']:.1f} GB/s, float32 matmul "
              f"{k['machine']['matmul_gflops']['line']:.0f} GFLOP/s). The engine's kernel against PyTorch:", "",
              "| shape | pass | minillm ms | PyTorch ms | PyTorch / minillm | minillm rate (% of line) |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -117,7 +118,7 @@ def notes_block(family: str, results: str = RESULTS) -> list:
         v = load(f"kernels_{family}.json", results)
         lines += ["", f"Every version, from [`kernels_{family}.md`](../../benchmarks/results/kernels_{family}.md) "
                   f"(engine's choice: {', '.join(f'`{fn}` = {ver}' for fn, ver in v['winners'].items())}; "
-                  f"machine lines of that run: copy {v['machine']['copy_gbs']['line']:.1f} GB/s, float32 matmul "
+                  f"machine lines of that run: memory {v['machine']['copy_gbs']['line']:.1f} GB/s, float32 matmul "
                   f"{v['machine']['matmul_gflops']['line']:.0f} GFLOP/s):", "",
                   f"![{family} versions against the machine's line](../../benchmarks/results/kernels_{family}.png)", "",
                   "| shape | pass | " + " | ".join(_impl_names(v)) + " |",

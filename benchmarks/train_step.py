@@ -257,7 +257,8 @@ def collect(args) -> dict:
         r["flops"] = model_flops(shape, B, T, r["masked"], head)
         for e in H.ENGINES:
             s = H.summarize([w["times"] for w in ws[e]])
-            r[e] = dict(step_s=s, tokens_per_s=B * T / s["median"], tokens_per_s_range=[B * T / s["max"], B * T / s["min"]],
+            r[e] = dict(step_s=s, tokens_per_s=B * T / s["median"],
+                        tokens_per_s_range=[B * T / s["max"], B * T / s["min"]],
                         mfu=r["flops"] / s["median"] / 1e9 / line, peak_mb=H.median([w["peak_mb"] for w in ws[e]]),
                         first_step_s=[w["first_s"] for w in ws[e]], first_loss=ws[e][0]["first_loss"],
                         last_loss=ws[e][0]["last_loss"])
@@ -265,11 +266,13 @@ def collect(args) -> dict:
         r["ratio"] = r["torch"]["step_s"]["median"] / r["minillm"]["step_s"]["median"]
         results.append(r)
     return {
-        "host": {"cpu": host["cpu"], "cores": host["cores"], "loadavg_start": host["loadavg"],
+        "host": {"cpu": host["cpu"], "cores": host["cores"], "caches": host["caches"],
+                 "loadavg_start": host["loadavg"],
                  "loadavg_end": list(os.getloadavg())},
         "threads": args.threads, "rounds": args.rounds, "steps": args.steps, "batch_size": B, "seq_len": T,
         "vocab": VOCAB, "mask_rate": MASK_RATE, "lr": LR, "weight_decay": WEIGHT_DECAY, "dropout": 0.0,
-        "shapes": {s: dict(zip(("layers", "width", "heads", "intermediate"), SHAPES[s])) for s in args.shapes.split(",")},
+        "shapes": {s: dict(zip(("layers", "width", "heads", "intermediate"), SHAPES[s]))
+                   for s in args.shapes.split(",")},
         "settings": H.settings_text(args.threads),
         "blas": {e: next(w["blas"] for w in workers if w["engine"] == e) for e in H.ENGINES},
         "blas_overrides_seen": blas_seen,
@@ -296,7 +299,8 @@ def write(args, data: dict) -> None:
         "the median of the per-round median step times [from the slowest to the fastest single step]. ratio = "
         "PyTorch step time / minillm step time (> 1: minillm is faster). Peak MB: the process's peak resident "
         "memory during the steps minus its resident memory after the imports and one tiny-model step "
-        f"(median over rounds{'' if data['peak_reset'] else '; the peak could not be reset, so it may include building the model'}). "
+        "(median over rounds" + ("" if data["peak_reset"] else "; the peak could not be reset: it may include "
+                                 "building the model") + "). "
         f"MFU: model FLOPs / step time / {line:.0f} GFLOP/s (the matmul line above).", "",
         "Model FLOPs per step = 6 * L * (4C^2 + 2CI) * B*T + 6 * (C^2 + C*V) * R + 12 * L * T^2 * C * B, with "
         "R = B*T rows for the dense head and R = M for the sparse one (matmuls only; `model_flops`).", "",
