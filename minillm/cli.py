@@ -1,7 +1,7 @@
 """`minillm`: the command line.
 
     minillm demo                                   the main job: pretrain, zero-shot, fine-tune, report
-    minillm pretrain --preset tiny|mini|small --corpus FILE [FILE ...] --out DIR [--steps N] ...
+    minillm pretrain --preset tiny|mini|small --corpus FILE [FILE ...] --out DIR [--steps N | --minutes M] ...
     minillm finetune --model DIR --train FILE --eval FILE --out DIR [--epochs E] [--lr LR] [--batch-size B]
     minillm evaluate --model DIR --data FILE [--zero-shot]   last stdout line: {"accuracy": a, "n": n}
     minillm predict  --model DIR TEXT [TEXT ...]
@@ -21,8 +21,9 @@ import os
 import sys
 
 
-from .train.checks import (classifier_length, label_count, nonnegative_int, open_fraction, out_dir, positive_float,
-                           positive_int, random_seed, sequence_length)
+from .train.checks import (classifier_length, dropout_rate, label_count, mask_rate, nonnegative_float, nonnegative_int,
+                           open_fraction, out_dir, positive_float, positive_int, random_seed, sequence_length,
+                           warmup_amount)
 
 
 def _add_backend(p):
@@ -50,11 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="mini", choices=("tiny", "mini", "small"))
     p.add_argument("--corpus", nargs="+", required=True, help="plain-text files (one paragraph per line) or GLUE TSVs")
     p.add_argument("--out", type=out_dir, required=True)
-    p.add_argument("--steps", type=positive_int, default=1000)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default 1000)")
+    length.add_argument("--minutes", type=positive_float, default=None,
+                        help="a wall-time budget instead: the steps that fit are measured before the first one, "
+                             "and the schedule is laid over them")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seq-len", type=sequence_length, default=128)
     p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--lr", type=positive_float, default=5e-4)
+    p.add_argument("--warmup", type=warmup_amount, default=0.06,
+                   help="warm-up: a fraction of the steps (< 1) or a number of steps (>= 1); then linear decay to 0")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
+    p.add_argument("--dropout", type=dropout_rate, default=0.0, help="hidden-state dropout while pretraining")
+    p.add_argument("--mask-rate", type=mask_rate, default=0.15, help="share of the tokens to predict")
     p.add_argument("--vocab", default=None, help="vocab.txt (or a folder with one); default: train WordPiece on the corpus")
     p.add_argument("--vocab-size", type=positive_int, default=8000)
     p.add_argument("--grad-accum", type=positive_int, default=1)
@@ -82,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=open_fraction, default=0.05,
                    help="share of --train held out to choose the checkpoint (at most 1,000 rows); --eval is "
                         "scored once, at the end")
+    p.add_argument("--warmup", type=warmup_amount, default=0.1,
+                   help="warm-up: a fraction of the steps (< 1) or a number of steps (>= 1); then linear decay to 0")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
+    p.add_argument("--dropout", type=dropout_rate, default=0.1,
+                   help="hidden-state and classifier dropout (replaces the checkpoint's own)")
     p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--resume", action="store_true")
     _add_backend(p)
@@ -132,8 +147,10 @@ def run(args) -> int:
         from .train.pretrain import PretrainArgs, pretrain
 
         result = pretrain(PretrainArgs(
-            corpus=args.corpus, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
-            seq_len=args.seq_len, seed=args.seed, lr=args.lr, vocab=args.vocab, vocab_size=args.vocab_size,
+            corpus=args.corpus, out=args.out, preset=args.preset, steps=args.steps, minutes=args.minutes,
+            batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, lr=args.lr, warmup=args.warmup,
+            weight_decay=args.weight_decay, dropout=args.dropout, mask_rate=args.mask_rate, vocab=args.vocab,
+            vocab_size=args.vocab_size,
             grad_accum=args.grad_accum, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             whole_word=args.whole_word, resume=args.resume, sparse_head=not args.dense_head, device=device))
         print(json.dumps(result))
@@ -144,7 +161,8 @@ def run(args) -> int:
             model=args.model, train=args.train, eval=args.eval, out=args.out, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, num_labels=args.num_labels,
             max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, eval_every=args.eval_every,
-            resume=args.resume, validation_fraction=args.validation_fraction, device=device))
+            resume=args.resume, validation_fraction=args.validation_fraction, warmup=args.warmup,
+            weight_decay=args.weight_decay, dropout=args.dropout, device=device))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":
         from .train.finetune import DEFAULT_LABEL_WORDS, DEFAULT_PROMPT, evaluate_path, evaluate_zero_shot

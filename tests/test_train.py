@@ -57,7 +57,8 @@ def test_pretrain_writes_metrics_curve_and_hf_checkpoint(pretrained):
     evals = [r for r in records if r["split"] == "eval"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in evals] == [3, 6]  # periodic, and once more at the end
-    assert all({"loss", "mlm_accuracy", "perplexity"} <= set(r) for r in evals)
+    assert all({"loss", "mlm_accuracy", "perplexity", "tokens_seen", "elapsed_minutes"} <= set(r) for r in evals)
+    assert [r["tokens_seen"] for r in evals] == [3 * 8 * 32, 6 * 8 * 32]  # steps x B x T input tokens
     for name in ("config.json", "model.safetensors", "vocab.txt", "loss.png", "latest.json"):
         assert (pretrained / name).is_file(), name
     model = mm.BertForMaskedLM.from_pretrained(pretrained)
@@ -88,9 +89,9 @@ def test_resume_continues_exactly(corpus, tmp_path, monkeypatch):
         pretrain(args_for(corpus, interrupted))
     monkeypatch.setattr(loop.Trainer, "train_step", real_step)
     pretrain(args_for(corpus, interrupted, resume=True))
-    a = [(r["step"], r["split"], r["loss"]) for r in read_metrics(straight / "metrics.jsonl")]
-    b = [(r["step"], r["split"], r["loss"]) for r in read_metrics(interrupted / "metrics.jsonl")]
-    assert a == b  # bit-identical losses: every random draw is a function of (seed, step)
+    a = [(r["step"], r["split"], r["loss"], r["tokens_seen"]) for r in read_metrics(straight / "metrics.jsonl")]
+    b = [(r["step"], r["split"], r["loss"], r["tokens_seen"]) for r in read_metrics(interrupted / "metrics.jsonl")]
+    assert a == b  # bit-identical losses: every random draw is a function of (seed, step); tokens carry over
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_last_good_one(corpus, tmp_path, monkeypatch):

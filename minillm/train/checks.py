@@ -74,6 +74,20 @@ random_seed = Check(int, lambda v: v >= 0, "an integer >= 0 (NumPy seeds are non
 sequence_length = int_range(8, 512, "[CLS] ... [SEP] rows; BERT's position table has 512 positions")
 classifier_length = int_range(3, 512, "[CLS], a token and [SEP] at least; BERT has at most 512 positions")
 label_count = int_range(2, None, "a classifier needs two classes at least")
+# The pretraining / fine-tuning recipe (see minillm/train/pretrain.py for where each default comes from).
+mask_rate = Check(float, lambda v: 0 < v < 1, "a share of the tokens strictly between 0 and 1 (BERT: 0.15)")
+dropout_rate = Check(float, lambda v: 0 <= v < 1, "a probability in [0, 1) (1 would drop every activation)")
+warmup_amount = Check(
+    float, lambda v: math.isfinite(v) and v >= 0 and (v < 1 or float(v).is_integer()),
+    "a fraction of the steps in [0, 1) (0.06: the first 6%), or a whole number of steps >= 1 (500)")
+
+
+def warmup_split(value: float) -> tuple[float, int | None]:
+    """--warmup as TrainConfig takes it: (warmup_fraction, warmup_steps). Below 1 it is a fraction of the
+    run's steps; 1 or more, a number of steps (so `--warmup 1` is one step, not the whole run)."""
+    if not warmup_amount.accepts(value):
+        raise ValueError(f"warmup = {value!r}: must be {warmup_amount.what}")
+    return (float(value), None) if value < 1 else (0.0, int(value))
 
 
 def setting(check: Check, default=MISSING, optional: bool = False):

@@ -38,8 +38,9 @@ from ..models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassifica
 from ..tensor import no_grad
 from ..tokenizer import BertTokenizer
 from .device import device_of, on_device
-from .checks import (check_out_dir, check_settings, classifier_length, label_count, nonnegative_int, open_fraction,
-                     positive_float, positive_int, random_seed, setting)
+from .checks import (check_out_dir, check_settings, classifier_length, dropout_rate, label_count, nonnegative_float,
+                     nonnegative_int, open_fraction, positive_float, positive_int, random_seed, setting, warmup_amount,
+                     warmup_split)
 from .loop import Trainer, TrainConfig
 from .resume import check_resume, run_record
 
@@ -68,6 +69,13 @@ class FinetuneArgs:
     resume: bool = False
     # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
     validation_fraction: float = setting(open_fraction, 0.05)
+    # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): warm-up over the first 10% of the steps
+    # (>= 1: a number of steps), weight decay 0.01, dropout 0.1 on every hidden state and on the pooled
+    # vector; --dropout replaces whatever the checkpoint's config.json says (a model pretrained without
+    # dropout would otherwise be fine-tuned without it too)
+    warmup: float = setting(warmup_amount, 0.1)
+    weight_decay: float = setting(nonnegative_float, 0.01)
+    dropout: float = setting(dropout_rate, 0.1)
     device: str = "cpu"
 
     def __post_init__(self):
@@ -75,12 +83,13 @@ class FinetuneArgs:
         check_out_dir(self.out)
 
 
-def load_classifier(path, num_labels: int | None = None,
-                    device: str = "cpu") -> tuple[BertForSequenceClassification, BertTokenizer]:
+def load_classifier(path, num_labels: int | None = None, device: str = "cpu",
+                    dropout: float | None = None) -> tuple[BertForSequenceClassification, BertTokenizer]:
     """A classifier from a checkpoint folder: a fine-tuned one, or an encoder / MLM model (fresh head).
 
     num_labels: None keeps the checkpoint's own (config.json's num_labels / id2label), which is what
     evaluating or predicting with a fine-tuned model needs; a number sizes a fresh head for fine-tuning.
+    dropout: None keeps config.json's; a number sets the hidden-state and classifier dropout.
     """
     import warnings
 
@@ -92,6 +101,9 @@ def load_classifier(path, num_labels: int | None = None,
     if config.id2label is None or len(config.id2label) != num_labels:
         config.id2label = {i: (LABEL_NAMES[i] if num_labels == 2 else f"LABEL_{i}") for i in range(num_labels)}
         config.num_labels = num_labels
+    if dropout is not None:
+        config.hidden_dropout_prob, config.classifier_dropout = dropout, None  # None: the classifier uses it too
+        config.validate()
     with warnings.catch_warnings(record=True) as caught:  # expected when the checkpoint has no classifier yet
         warnings.simplefilter("always")
         model = BertForSequenceClassification.from_pretrained(path, config=config)
@@ -162,7 +174,7 @@ def finetune(args: FinetuneArgs) -> dict:
     run = run_record(args, files=("model", "train", "eval"), exclude=("out", "resume", "device"))
     if args.resume:  # a broken or different checkpoint is reported before any data is read
         check_resume(args.out, run)
-    model, tok = load_classifier(args.model, args.num_labels, device=args.device)
+    model, tok = load_classifier(args.model, args.num_labels, device=args.device, dropout=args.dropout)
     sentences, labels = read_tsv(args.train, num_labels=args.num_labels)
     eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels)  # read now: a bad file fails before training
     train_rows, val_rows = validation_split(len(sentences), args.validation_fraction, args.seed)
@@ -188,7 +200,12 @@ def finetune(args: FinetuneArgs) -> dict:
         input_ids, attention_mask = pad_batch([train.sequences[j] for j in idx], tok.pad_token_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": train.labels[idx]}
 
-    cfg = TrainConfig(steps=steps, lr=args.lr, seed=args.seed, weight_decay=0.01, warmup_fraction=0.1,
+    fraction, warmup_steps = warmup_split(args.warmup)
+    if warmup_steps is not None and warmup_steps >= steps:
+        raise ValueError(f"--warmup {warmup_steps} steps is not below the {steps} steps of this run: the learning "
+                         "rate would never decay; give fewer, or a fraction of the steps (e.g. --warmup 0.1)")
+    cfg = TrainConfig(steps=steps, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
+                      warmup_fraction=fraction, warmup_steps=warmup_steps,
                       eval_every=args.eval_every or max(1, per_epoch // max(1, args.evals_per_epoch)),
                       checkpoint_every=min(per_epoch, steps),
                       log_every=10, best_metric="accuracy")
@@ -199,7 +216,8 @@ def finetune(args: FinetuneArgs) -> dict:
                       run=run)
     print(f"finetune: {len(train_rows)} train / {len(val_rows)} validation (held out of {args.train}, chooses "
           f"the checkpoint) / {len(eval_x)} eval sentences (scored once, at the end), {steps} steps "
-          f"({per_epoch} per epoch), batch {args.batch_size}, lr {args.lr}")
+          f"({per_epoch} per epoch), batch {args.batch_size}, lr {args.lr}, warm-up {cfg.warmup} steps, weight decay "
+          f"{args.weight_decay:g}, dropout {args.dropout:g}")
     trainer.fit(resume=args.resume)
 
     chosen, _ = load_classifier(args.out, device=args.device)  # the checkpoint the validation split chose

@@ -22,6 +22,14 @@ resume whose settings differ is refused with the field, the old and the new valu
 `checkpoint_every` and `log_every` may change (and the caller leaves `out` and `resume` out of `run`). A
 data file may move, but not change.
 
+A time budget instead of a step count (`minillm pretrain --minutes M`) becomes a step count before the
+first step: see budget.py.
+
+Every row of metrics.jsonl also carries `tokens_seen` (input tokens of all steps so far) and
+`elapsed_minutes` (wall time since the run's clock started: the calibration of a budgeted run included;
+for a resumed run, the time up to its checkpoint plus the time since the resume), so loss can be drawn
+against tokens and against minutes.
+
 Crash safety: a checkpoint is written into a temporary folder `.checkpoint-<step>.tmp-<run id>` and
 renamed to `checkpoint-<step>` when every file is in place; then `latest.json` (itself replaced
 atomically) points at it, and only then are this run's older checkpoints removed. A run killed mid-write
@@ -63,6 +71,7 @@ class TrainConfig:
     lr: float = setting(positive_float, 1e-4)
     weight_decay: float = setting(nonnegative_float, 0.01)
     warmup_fraction: float = setting(probability, 0.06)
+    warmup_steps: int | None = setting(nonnegative_int, None, optional=True)  # given: overrides warmup_fraction
     max_grad_norm: float = setting(positive_or_inf, 1.0)
     grad_accum: int = setting(positive_int, 1)
     eval_every: int = setting(nonnegative_int, 0)        # 0: only at the end
@@ -74,6 +83,14 @@ class TrainConfig:
 
     def __post_init__(self):
         check_settings(self)
+        if self.warmup_steps is not None and self.warmup_steps >= self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps = {self.warmup_steps} is not below steps = {self.steps}: the "
+                             "learning rate would never decay; give fewer warm-up steps or a fraction (e.g. 0.06)")
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps of the schedule: warmup_steps when given, else warmup_fraction of the steps."""
+        return self.warmup_steps if self.warmup_steps is not None else int(round(self.warmup_fraction * self.steps))
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -89,10 +106,42 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def forward_backward(model, get_batch, step: int, seed: int, grad_accum: int, device: str,
+                     count_tokens: Callable) -> tuple[float, int]:
+    """The gradients of optimizer step `step` (summed over its grad_accum micro-batches, each loss scaled by
+    1 / grad_accum): returns (mean loss, input tokens). Dropout and data come from (seed, step) alone."""
+    model.train()
+    total, n_tokens = 0.0, 0
+    for micro in range(grad_accum):
+        manual_seed(int(step_rng(seed, step, 1 + micro).integers(2**31)))  # dropout of this micro-batch
+        batch = get_batch(step, micro, step_rng(seed, step, 100 + micro))
+        n_tokens += count_tokens(batch)
+        out = model(**on_device(batch, device))
+        (out.loss * (1.0 / grad_accum)).backward()
+        total += float(out.loss.item())
+    return total / grad_accum, n_tokens
+
+
 def make_out_dir(path) -> Path:
     """Create the run folder `path` (a clear ValueError when it is a file, not a FileExistsError)."""
     path = check_out_dir(path)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_run_file(out_dir, record: dict, update: bool = False) -> Path:
+    """Write `out_dir/run.json`: what the run was asked to do and how (its arguments, data digests,
+    TrainConfig, ...), so that a run folder says what made it. update=True merges into the file there (a
+    resumed run keeps what the first process recorded, such as a budget's measured plan): a None in
+    `record` never replaces a value."""
+    path = make_out_dir(out_dir) / "run.json"
+    if update and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = {}
+        record = {**old, **{k: v for k, v in record.items() if v is not None or k not in old}}
+    atomic_write(path, lambda t: t.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     return path
 
 
@@ -110,32 +159,55 @@ class Trainer:
         device: "cpu" or "cuda": the model, its optimizer moments and every batch (through `on_device`).
         run: JSON-able settings that define the run beyond `config` (see `run_record`); recorded in every
             checkpoint, and a resume with different ones is refused.
+        clock_start: the time.perf_counter() reading at which this run's clock started (a budgeted run
+            passes the start of its calibration); default: when fit() starts.
     """
 
     def __init__(self, model, config: TrainConfig, out_dir, get_batch: Callable, evaluate: Callable,
                  save_model: Callable, count_tokens: Callable = lambda b: int(np.asarray(b["input_ids"]).size),
-                 desc: str = "train", run: dict | None = None, device: str = "cpu"):
+                 desc: str = "train", run: dict | None = None, device: str = "cpu", clock_start: float | None = None):
         self.model, self.config, self.out_dir = model, config, Path(out_dir)
         self.get_batch, self.evaluate, self.save_model, self.count_tokens = get_batch, evaluate, save_model, count_tokens
         self.desc, self.run = desc, run
         self.device = check_device(device)
         model.to(device)  # before the optimizer, whose moments are made where the parameters are
         self.optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
-        warmup = int(round(config.warmup_fraction * config.steps))
-        self.schedule = LinearWarmupDecay(self.optimizer, warmup, config.steps)
+        self.schedule = LinearWarmupDecay(self.optimizer, config.warmup, config.steps)
         self.step = 0
+        self.tokens_seen = 0                 # input tokens of every step so far (restored on resume)
+        self.elapsed_before = 0.0            # seconds of this run before the clock below started (on resume)
+        self.clock_start = clock_start
         self.best = None
         self.skipped_in_a_row = 0
         self.run_id = uuid.uuid4().hex       # marks this run's checkpoint folders (a resume adopts the old id)
         self._own_legacy: set[str] = set()   # a resumed checkpoint written before run ids existed
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict:
+    def elapsed_minutes(self) -> float:
+        """Wall time of this run so far (see the module docstring), in minutes."""
+        return (self.elapsed_before + time.perf_counter() - self.clock_start) / 60
+
+    def progress(self) -> dict:
+        """What every metrics row carries besides its own values: tokens seen and minutes elapsed."""
+        return {"tokens_seen": self.tokens_seen, "elapsed_minutes": round(self.elapsed_minutes(), 4)}
+
+    def fit(self, resume: bool = False, first_eval: dict | None = None) -> dict:
+        """Train to config.steps (from the last checkpoint when resume); returns the final evaluation.
+
+        first_eval: an evaluation of the untrained model made before fit (a budgeted run's calibration
+        makes one); a fresh run logs it as the eval row of step 0.
+        """
         cfg = self.config
         make_out_dir(self.out_dir)
         if resume:
             self.load_checkpoint()
+            self.clock_start = None   # the time before the crash is in elapsed_before
+        if self.clock_start is None:
+            self.clock_start = time.perf_counter()
         log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step if resume else None)
+        if first_eval is not None and not resume:
+            log.write(**{"step": 0, "split": "eval", "elapsed_minutes": round(self.elapsed_minutes(), 4),
+                         **first_eval, "tokens_seen": 0})
         last_eval = {}
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
                    disable=None)
@@ -144,9 +216,10 @@ class Trainer:
             loss, n_tokens, grad_norm, skipped = self.train_step()
             self.step += 1
             tokens += n_tokens
+            self.tokens_seen += n_tokens
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
             row = dict(step=self.step, split="train", loss=loss, lr=self.optimizer.param_groups[0]["lr"],
-                       grad_norm=grad_norm, tokens_per_s=round(rate, 1))
+                       grad_norm=grad_norm, tokens_per_s=round(rate, 1), **self.progress())
             if skipped:
                 self.skipped_in_a_row += 1
                 log.write(**row, skipped=True)
@@ -186,16 +259,8 @@ class Trainer:
         The update is skipped (skipped=True) when the loss or the gradient norm is not finite.
         """
         cfg = self.config
-        self.model.train()
-        total, n_tokens = 0.0, 0
-        for micro in range(cfg.grad_accum):
-            manual_seed(int(step_rng(cfg.seed, self.step, 1 + micro).integers(2**31)))  # dropout of this micro-batch
-            batch = self.get_batch(self.step, micro, step_rng(cfg.seed, self.step, 100 + micro))
-            n_tokens += self.count_tokens(batch)
-            out = self.model(**on_device(batch, self.device))
-            (out.loss * (1.0 / cfg.grad_accum)).backward()
-            total += float(out.loss.item())
-        loss = total / cfg.grad_accum
+        loss, n_tokens = forward_backward(self.model, self.get_batch, self.step, cfg.seed, cfg.grad_accum, self.device,
+                                          self.count_tokens)
         grad_norm = float(clip_grad_norm(self.model.parameters(), cfg.max_grad_norm))
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         self.schedule.set_step(self.step)
@@ -207,10 +272,11 @@ class Trainer:
     def run_eval(self, log: MetricsLog) -> dict:
         from ..tensor import no_grad
 
+        progress = self.progress()  # where the run stands, before the evaluation's own time
         self.model.eval()
         with no_grad():
             result = self.evaluate(self.model)
-        log.write(step=self.step, split="eval", **result)
+        log.write(step=self.step, split="eval", **result, **progress)
         tqdm.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                                    if isinstance(v, float)))
         metric = self.config.best_metric
@@ -239,7 +305,8 @@ class Trainer:
             opt = self.optimizer.state_dict()
             write_safetensors(tmp / "optimizer.safetensors", opt.pop("arrays") or {"_empty": np.zeros(0, np.float32)})
             state = {"step": self.step, "optimizer": opt, "best": self.best, "config": asdict(self.config),
-                     "run": self.run, "run_id": self.run_id, "skipped_in_a_row": self.skipped_in_a_row}
+                     "run": self.run, "run_id": self.run_id, "skipped_in_a_row": self.skipped_in_a_row,
+                     "tokens_seen": self.tokens_seen, "elapsed_s": 60 * self.elapsed_minutes()}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             if folder.exists():  # a minillm checkpoint of this step that latest.json does not point at
                 shutil.rmtree(folder)
@@ -272,6 +339,8 @@ class Trainer:
         self.optimizer.load_state_dict({**state["optimizer"], "arrays": arrays})
         self.step, self.best = int(state["step"]), state["best"]
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))        # 0 for a checkpoint older than these fields
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("run_id"):
             self.run_id = state["run_id"]
         else:
