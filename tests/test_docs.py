@@ -68,6 +68,8 @@ NOT_HERE = {
     "create_pretraining_data.py": "a script of Google's original BERT repository, cited as the source of a rule",
     "benchmarks/results/gpu.md": "written by benchmarks/gpu_bench.py once it has run on a GPU",
     "gpu.md": "the same GPU report, named by the script that writes it",
+    "benchmarks/results/pretraining.md": "written by benchmarks/pretraining_study.py once the study has run",
+    "pretraining.md": "the same study report, named by the script that writes it and by its test",
 }
 
 

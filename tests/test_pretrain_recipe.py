@@ -1,12 +1,14 @@
 """The pretraining recipe's machinery, on small synthetic data: a time budget (`--minutes`) that fixes a step
 count before the first step and lays the schedule over it, with exact resume; the recipe flags (mask rate,
 dropout, warm-up, weight decay) used and recorded; tokens seen and minutes on every metrics row; evaluation
-data refused as a corpus; the fine-tuning recipe flags."""
+data refused as a corpus; the fine-tuning recipe flags; and the study driver end to end."""
 import dataclasses
 import json
 import math
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from minillm.train.finetune import FinetuneArgs, finetune
 from minillm.train.metrics import read_metrics
 from minillm.train.pretrain import EVAL_MASK_RATE, PretrainArgs, mlm_batch, pretrain, train_config
 
+REPO = Path(__file__).resolve().parents[1]
 WORDS = {0: "bad awful dull boring terrible weak", 1: "good great fine lovely wonderful strong"}
 FILLER = "the movie film story plot was is a an and of it this that very quite rather".split()
 
@@ -358,3 +361,63 @@ def test_finetune_recipe_flags_are_used_and_recorded(data, budget_and_steps_runs
     with pytest.raises(ValueError, match="--warmup 4 steps is not below the 4 steps"):
         finetune(FinetuneArgs(model=str(pretrained), train=str(data / "sst2" / "train.tsv"),
                               eval=str(data / "sst2" / "dev.tsv"), out=str(tmp_path / "y"), max_steps=4, warmup=4))
+
+
+# ---- the study driver ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def study_module():
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks import pretraining_study
+    finally:
+        sys.path.remove(str(REPO))
+    return pretraining_study
+
+
+def test_study_driver_end_to_end(data, tmp_path, study_module, capsys):
+    """One tiny configuration, one seed: pretraining in its own process, fine-tuning of the pretrained model
+    and of random weights, the results files (starting with the command that regenerates them) and the
+    curves; a second call reuses every record."""
+    configs = tmp_path / "configs.json"
+    configs.write_text(json.dumps([{"name": "tiny", "corpus": ["corpus.txt", "sst2/train.tsv"], "flags": {
+        "preset": "tiny", "seq-len": 32, "batch-size": 8, "vocab-size": 120, "lr": 1e-3, "eval-every": 5}}]))
+    argv = ["--configs", str(configs), "--data", str(data), "--minutes", "0.05", "--seeds", "0",
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--finetune-max-steps", "4",
+            "--finetune-batch-size", "16"]
+    assert study_module.main(argv) == 0
+    md = (tmp_path / "results" / "pretraining.md").read_text()
+    first = md.splitlines()[0]
+    m = re.fullmatch(r"Regenerate: `(python benchmarks/pretraining_study\.py [^`]*)`", first)
+    assert m and str(data) not in first and str(tmp_path / "results") not in first
+    result = json.loads((tmp_path / "results" / "pretraining.json").read_text())
+    assert result["command"] == m.group(1)
+    (c,) = result["configs"]
+    assert set(c["finetuned"]) == set(c["from_scratch"]) == {"0"}
+    assert c["gain_mean"] == pytest.approx(c["finetuned"]["0"] - c["from_scratch"]["0"])
+    assert c["pretrain"]["steps"] >= 1 and c["pretrain"]["curve"][0]["tokens_seen"] == 0
+    assert all(r["tokens_seen"] is not None and r["elapsed_minutes"] is not None for r in c["pretrain"]["curve"])
+    assert (tmp_path / "results" / "pretraining.png").stat().st_size > 0
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "runs" / "records").glob("*.json")}
+    assert len(records) == 3 and all(r["rc"] == 0 for r in records.values())
+    pre = records["tiny-pretrain"]["command"]
+    assert "--minutes" in pre and not any(w.endswith("dev.tsv") for w in pre)
+    for r in records.values():  # dev is only ever the fine-tuning's --eval
+        cmd = r["command"]
+        assert [i for i, w in enumerate(cmd) if w.endswith("dev.tsv")] in ([], [cmd.index("--eval") + 1]
+                                                                           if "--eval" in cmd else [])
+    capsys.readouterr()
+    assert study_module.main(argv) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 3
+
+
+def test_study_configurations_are_checked(study_module, tmp_path):
+    for bad, why in [([{"name": "a", "corpus": ["x"], "flags": {"minutes": 3}}], "sets"),
+                     ([{"name": "a b", "corpus": ["x"]}], "unique 'name'"),
+                     ([{"name": "a", "corpus": ["x"]}, {"name": "a", "corpus": ["x"]}], "unique 'name'"),
+                     ([{"name": "a"}], "'corpus' must be")]:
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match=why):
+            study_module.load_configs(str(path))
+    assert [c["name"] for c in study_module.load_configs(None)] == ["recipe", "mask-0.25", "dropout-0.1"]
