@@ -302,11 +302,15 @@ def test_a_glue_tsv_corpus_is_its_sentence_column_only(tmp_path):
     assert read_corpus(path) == read_tsv(path)[0] == ["a fine film", "dull and long"]
 
 
-@pytest.mark.parametrize("where", ["sst2/dev.tsv", "SST2/Dev.tsv", "sst2/test.tsv", "link"])
+@pytest.mark.parametrize("where", ["sst2/dev.tsv", "SST2/Dev.tsv", "sst2/test.tsv", "link", "link named dev"])
 def test_sst2_dev_by_name_is_refused(data, tmp_path, where):
     if where == "link":
         path = tmp_path / "reviews.txt"
         path.symlink_to(data / "sst2" / "dev.tsv")
+    elif where == "link named dev":
+        path = tmp_path / "sst2" / "dev.tsv"
+        path.parent.mkdir()
+        path.symlink_to(data / "corpus.txt")
     else:
         path = tmp_path / where
         path.parent.mkdir(parents=True)

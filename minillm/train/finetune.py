@@ -69,10 +69,10 @@ class FinetuneArgs:
     resume: bool = False
     # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
     validation_fraction: float = setting(open_fraction, 0.05)
-    # BERT's fine-tuning recipe (Devlin et al. 2019, appendix A.3): warm-up over the first 10% of the steps
-    # (>= 1: a number of steps), weight decay 0.01, dropout 0.1 on every hidden state and on the pooled
-    # vector; --dropout replaces whatever the checkpoint's config.json says (a model pretrained without
-    # dropout would otherwise be fine-tuned without it too)
+    # BERT's fine-tuning recipe (Devlin et al. 2019: dropout 0.1 kept for fine-tuning, appendix A.3; its
+    # run_classifier.py: warm-up over the first 10% of the steps, AdamW weight decay 0.01). warmup >= 1 is
+    # a number of steps. --dropout replaces whatever the checkpoint's config.json says (a model pretrained
+    # without dropout would otherwise be fine-tuned without it too)
     warmup: float = setting(warmup_amount, 0.1)
     weight_decay: float = setting(nonnegative_float, 0.01)
     dropout: float = setting(dropout_rate, 0.1)

@@ -69,7 +69,7 @@ PRESETS = {
 }
 DEFAULT_STEPS = 1000   # when neither steps nor minutes is given
 EVAL_MASK_RATE = 0.15  # held-out rows are always masked at BERT's rate, whatever --mask-rate trains with
-# Evaluation data, never a corpus: (folder, file name) pairs, compared in lower case after following links.
+# Evaluation data, never a corpus: (folder, file name) pairs, compared in lower case (a link: both ends).
 EVALUATION_FILES = (("sst2", "dev.tsv"), ("sst2", "test.tsv"))
 
 
@@ -115,19 +115,19 @@ class PretrainArgs:
 
 
 def refuse_evaluation_files(paths, digests=None) -> None:
-    """Raise ValueError for a corpus file that is evaluation data: named as one (EVALUATION_FILES, after
-    following links), or, when `digests` (the files' SHA-256, in order) are given, with the bytes of one
+    """Raise ValueError for a corpus file that is evaluation data: named as one (EVALUATION_FILES; a link by
+    its own name and by its target's), or, when `digests` (the files' SHA-256, in order) are given, with the bytes of one
     whose digest minillm records (SST-2's dev.tsv), whatever its name or folder."""
     from ..data.datasets import DATASETS
 
     names = {f"{folder}/{name}" for folder, name in EVALUATION_FILES}
     known = {m.sha256: m.dest for ds in DATASETS.values() for m in ds.members if m.dest in names and m.sha256}
     for i, path in enumerate(paths):
-        real = Path(path).resolve()
-        named = (real.parent.name.lower(), real.name.lower()) in EVALUATION_FILES
+        named = [p for p in (Path(path).absolute(), Path(path).resolve())  # the name given, and a link's target
+                 if (p.parent.name.lower(), p.name.lower()) in EVALUATION_FILES]
         copy = digests is not None and digests[i] in known
         if named or copy:
-            what = (f"is {real.parent.name}/{real.name}" if named
+            what = (f"is {named[0].parent.name}/{named[0].name}" if named
                     else f"has the bytes of {known[digests[i]]} (its SHA-256), under another name")
             raise ValueError(f"--corpus {path} {what}: evaluation data, never pretraining text (a model trained on "
                              "the sentences it is scored on would be scored unfairly). For SST-2 pretrain on "
