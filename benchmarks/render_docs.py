@@ -91,7 +91,7 @@ def readme_block(results: str = RESULTS) -> list:
     lines += ["", "Kernels, PyTorch time / minillm time (`kernels.md`; below 1: minillm trails): "
               + (f"**trails** on {fmt(behind)}" if behind else "trails on none")
               + (f"; ahead or level on {fmt(ahead)}." if ahead else "."),
-              "Each kernel's NOTES.md says why and what is next."]
+              "Each kernel's NOTES.md explains its design and has its measured tables in full."]
     return lines
 
 
