@@ -6,8 +6,9 @@
 // Work mapping: one warp per row, WARPS_PER_BLOCK rows per block. Lane l reads columns l, l+32, l+64, ...
 // so that a warp's 32 loads of one step are 32 consecutive floats: one 128-byte transaction.
 //
-// The forward keeps an *online* (max, sum) pair per lane, as the Numba version does per row: when a new
-// value beats the running max, the running sum is rescaled by exp(old_max - new_max). Lanes then merge
+// The forward keeps an *online* (max, sum) pair per lane: when a new value beats the running max, the
+// running sum is rescaled by exp(old_max - new_max). (The Numba kernel the CPU engine uses makes separate
+// max and sum passes instead; its unused v3 is the online one, see NOTES.md.) Lanes then merge
 // their pairs with __shfl_xor_sync (a butterfly: after 5 steps every lane holds the row's result). So the
 // row is read twice (once for (m, s), once to write y), never three times as in max -> sum -> write.
 //

@@ -70,7 +70,7 @@ class FinetuneArgs:
     # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
     validation_fraction: float = setting(open_fraction, 0.05)
     # BERT's fine-tuning recipe (Devlin et al. 2019: dropout 0.1 kept for fine-tuning, appendix A.3; its
-    # run_classifier.py: warm-up over the first 10% of the steps, AdamW weight decay 0.01). warmup >= 1 is
+    # fine-tuning script, run_classifier in google-research/bert: warm-up over the first 10% of the steps, AdamW weight decay 0.01). warmup >= 1 is
     # a number of steps. --dropout replaces whatever the checkpoint's config.json says (a model pretrained
     # without dropout would otherwise be fine-tuned without it too)
     warmup: float = setting(warmup_amount, 0.1)
