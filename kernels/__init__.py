@@ -10,7 +10,7 @@ One folder per kernel family (softmax, layernorm, gelu, attention, cross_entropy
 
 `get(name)` returns a namespace with exactly the functions of the kernel contract (docs/design.md):
 
-    softmax_fwd, softmax_bwd, layernorm_fwd, layernorm_bwd, gelu_fwd, gelu_bwd,
+    softmax_fwd, softmax_bwd, layernorm_fwd, layernorm_bwd, gelu_fwd, gelu_bwd, gelu_tanh_fwd, gelu_tanh_bwd,
     attention_fwd, attention_bwd, cross_entropy_fwd, cross_entropy_bwd, adamw_step
 
 for the backend `name` in "numpy" (the reference), "numba" (CPU) or "cupy" (GPU).
@@ -27,7 +27,7 @@ FAMILIES = ("softmax", "layernorm", "gelu", "attention", "cross_entropy", "adamw
 CONTRACT = {
     "softmax": ("softmax_fwd", "softmax_bwd"),
     "layernorm": ("layernorm_fwd", "layernorm_bwd"),
-    "gelu": ("gelu_fwd", "gelu_bwd"),
+    "gelu": ("gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "gelu_tanh_bwd"),
     "attention": ("attention_fwd", "attention_bwd"),
     "cross_entropy": ("cross_entropy_fwd", "cross_entropy_bwd"),
     "adamw": ("adamw_step",),

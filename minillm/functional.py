@@ -9,6 +9,7 @@ makes one pass forward, saves only what its backward needs, and calls a hand-wri
     softmax(x)                      softmax_fwd             y                           softmax_bwd
     layer_norm(x, w, b)             layernorm_fwd           x, mean, rstd               layernorm_bwd
     gelu(x)                         gelu_fwd                x                           gelu_bwd
+    gelu(x, approximate="tanh")     gelu_tanh_fwd           x                           gelu_tanh_bwd
     scaled_dot_product_attention    attention_fwd           q, k, v, out, lse           attention_bwd
     cross_entropy(logits, t)        cross_entropy_fwd       logits, lse                 cross_entropy_bwd
 
@@ -79,6 +80,15 @@ class Gelu(Function):
         return (self.kernels.gelu_bwd(self.x, dy),)
 
 
+class GeluTanh(Function):
+    def forward(self, x):
+        self.x = x
+        return self.kernels.gelu_tanh_fwd(x)
+
+    def backward(self, dy):
+        return (self.kernels.gelu_tanh_bwd(self.x, dy),)
+
+
 class Attention(Function):
     def forward(self, q, k, v, key_mask=None, causal=False, scale=None):
         self.options = dict(key_mask=key_mask, causal=causal, scale=scale)
@@ -144,9 +154,17 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-12) -> T
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
-def gelu(x: Tensor) -> Tensor:
-    """GELU(x) = x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), the exact form BERT uses."""
-    return Gelu.apply(x)
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU, with PyTorch's spelling of its two forms.
+
+    approximate="none": GELU(x) = x * Phi(x) = x/2 * (1 + erf(x / sqrt 2)), the exact form BERT uses.
+    approximate="tanh": GELU(x) ~= x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))), GPT-2's `gelu_new`.
+    """
+    if approximate == "none":
+        return Gelu.apply(x)
+    if approximate == "tanh":
+        return GeluTanh.apply(x)
+    raise ValueError(f"gelu: approximate must be 'none' (the exact erf form) or 'tanh', got {approximate!r}")
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, key_mask=None, causal: bool = False,

@@ -302,6 +302,15 @@ def test_row_kernel_launches_match_signatures(fake_cupy):
     assert [n for n, _, _ in fake_cupy][-4:-2] == ["layernorm_bwd_params_partial", "layernorm_bwd_params_reduce"]
 
 
+def test_gelu_tanh_launches_match_signatures(fake_cupy):
+    """The tanh GELU (GPT-2's) launches its own two kernels of gelu.cu with their C argument lists."""
+    ge = _gpu("gelu")
+    x = _f32(3, 5, 33)
+    assert ge.gelu_tanh_bwd(x, ge.gelu_tanh_fwd(x)).shape == x.shape
+    assert ge.gelu_tanh_fwd(np.zeros((0,), np.float32)).shape == (0,)  # empty: nothing to launch
+    assert [n for n, _, _ in fake_cupy] == ["gelu_tanh_fwd", "gelu_tanh_bwd"]
+
+
 def test_cross_entropy_and_adamw_launches_match_signatures(fake_cupy):
     ce, ad = _gpu("cross_entropy"), _gpu("adamw")
     logits = _f32(6, 50)

@@ -35,6 +35,24 @@ def test_gelu_gradient(reference_backend):
     check_gradients(F.gelu, rng.standard_normal((4, 7)) * 3)
 
 
+def test_gelu_tanh_gradient(reference_backend):
+    check_gradients(lambda x: F.gelu(x, approximate="tanh"), rng.standard_normal((4, 7)) * 3)
+
+
+def test_gelu_approximate_picks_the_form():
+    """approximate="tanh" is GPT-2's form, "none" (the default) BERT's erf form; they differ by up to ~5e-4
+    (at x ~ -2.2 and 2.2), and anything else is refused."""
+    x = mm.Tensor(np.linspace(-4, 4, 81).astype(np.float32))
+    erf, tanh = F.gelu(x).data, F.gelu(x, approximate="tanh").data
+    u = np.sqrt(2 / np.pi) * (x.data + 0.044715 * x.data ** 3)
+    # 1e-6: float32 kernels against the float32 formula, values of O(1) (the kernel tests pin this closer)
+    assert_close(tanh, 0.5 * x.data * (1 + np.tanh(u)), atol=1e-6, rtol=1e-6, name="gelu tanh")
+    np.testing.assert_array_equal(erf, F.gelu(x, approximate="none").data)
+    assert 1e-4 < np.abs(erf - tanh).max() < 1e-3  # the two forms really are different functions
+    with pytest.raises(ValueError, match="approximate"):
+        F.gelu(x, approximate="sigmoid")
+
+
 @pytest.mark.parametrize("causal,tq,tk", [(False, 5, 5), (True, 5, 5), (True, 3, 6), (False, 1, 4)])
 def test_attention_gradient(reference_backend, causal, tq, tk):
     key_mask = np.ones((2, tk), bool)

@@ -255,6 +255,56 @@ def test_gelu_matches_reference(backend, data, n, L):
     assert_close(host(k.gelu_bwd(dev(backend, x), dev(backend, dy))), want, atol=1e-6, rtol=2e-5, name="gelu_bwd")
 
 
+@FIXTURE_OK
+@given(st.data(), SMALL_DIMS, ODD_DIMS)
+def test_gelu_tanh_matches_reference(backend, data, n, L):
+    x = data.draw(arrays((n, L)))
+    dy = rng_from(data.draw).standard_normal(x.shape).astype(np.float32)
+    k, r = ops(backend, "gelu"), ref("gelu")
+    # atol 1e-6 + rtol 2e-5, as for the erf form: in the negative tail y ~ x exp(2u) and the float32 u carries
+    # ~6e-8 |u| relative rounding, so y is good to ~1.2e-7 |2u| relative (1.25e-5 measured at x = -12 over
+    # 2M points); elsewhere errors stay below 5e-7 absolute (fwd) and 2.1e-7 (bwd), under the 1e-6 floor.
+    assert_close(host(k.gelu_tanh_fwd(dev(backend, x))), r.gelu_tanh_fwd(f64(x)), atol=1e-6, rtol=2e-5,
+                 name="gelu_tanh_fwd")
+    want = r.gelu_tanh_bwd(f64(x), f64(dy))
+    assert_close(host(k.gelu_tanh_bwd(dev(backend, x), dev(backend, dy))), want, atol=1e-6, rtol=2e-5,
+                 name="gelu_tanh_bwd")
+
+
+def test_gelu_tanh_at_huge_tiny_and_zero_inputs(backend):
+    """Where x^3 or x u' overflow float32 (|x| > ~1e13) the tanh GELU is x or 0 and its derivative 1 or 0,
+    never NaN; at tiny x it is x/2 with derivative 1/2; around x = 5, where sigmoid(2u) rounds to 1 in
+    float32, the derivative keeps its 2e-6 excess over 1 (1 - s computed as e s, not as 1 - s)."""
+    k, r = ops(backend, "gelu"), ref("gelu")
+    x = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-6, 4.96, 5.5, 9.0, -9.0, 1e4, -1e4, 1e20, -1e20, 3e38, -3e38],
+                 np.float32)
+    y, dx = host(k.gelu_tanh_fwd(dev(backend, x))), host(k.gelu_tanh_bwd(dev(backend, x), dev(backend, np.ones_like(x))))
+    assert np.isfinite(y).all() and np.isfinite(dx).all(), (y, dx)
+    np.testing.assert_array_equal(y[-6::2], x[-6::2])            # large positive x: y = x exactly
+    np.testing.assert_array_equal(y[-5::2], 0.0)                 # large negative x: y underflows to (-)0
+    np.testing.assert_array_equal(dx[-6:], [1, 0, 1, 0, 1, 0])
+    # 1e-6 absolute, 2e-5 relative: the tolerances of the property test above
+    assert_close(y, r.gelu_tanh_fwd(f64(x)), atol=1e-6, rtol=2e-5, name="gelu_tanh_fwd")
+    # one float32 ulp at 1 (1.19e-7) where the derivative is 1 + 2e-6: dropping the slope term (17 ulps) fails
+    assert_close(dx[5:7], r.gelu_tanh_bwd(f64(x[5:7]), np.ones(2)), atol=1.2e-7, rtol=0, name="gelu_tanh_bwd x~5")
+    assert_close(dx, r.gelu_tanh_bwd(f64(x), np.ones(x.shape)), atol=1e-6, rtol=2e-5, name="gelu_tanh_bwd")
+
+
+def test_gelu_tanh_reference_matches_torch():
+    """The reference is PyTorch's gelu(approximate="tanh") (and so transformers' gelu_new), in float64."""
+    torch = pytest.importorskip("torch", reason="torch is the oracle for the tanh GELU's formula")
+    x = np.concatenate([np.linspace(-12, 12, 2001), [1e-8, -1e-8, 30.0, -30.0]])
+    t = torch.tensor(x, requires_grad=True)
+    y = torch.nn.functional.gelu(t, approximate="tanh")
+    y.backward(torch.ones_like(y))
+    r = ref("gelu")
+    # float64 on both sides, two algebraically identical formulas (x (1 + tanh u)/2 vs x sigmoid(2u)): they
+    # differ by rounding, 1.8e-15 (fwd) and 9.8e-15 (bwd, the 2 x u' term reaches ~10) at most measured;
+    # absolute tolerances because torch's 1 + tanh u cancels to exactly 0 in the negative tail
+    assert_close(r.gelu_tanh_fwd(x), y.detach().numpy(), atol=1e-14, rtol=0, name="gelu_tanh_fwd vs torch")
+    assert_close(r.gelu_tanh_bwd(x, np.ones_like(x)), t.grad.numpy(), atol=1e-13, rtol=0, name="gelu_tanh_bwd vs torch")
+
+
 # ---------------------------------------------------------------- cross-entropy
 
 @FIXTURE_OK
@@ -388,6 +438,8 @@ def _cases(rng, N=37, L=65):
         "layernorm_bwd": (dy, x, w, mean, rstd),
         "gelu_fwd": (x,),
         "gelu_bwd": (x, dy),
+        "gelu_tanh_fwd": (x,),
+        "gelu_tanh_bwd": (x, dy),
         "cross_entropy_fwd": (x, t),
         "cross_entropy_bwd": (x, t, lse, 1.5),
     }
@@ -500,6 +552,9 @@ def test_bad_inputs_numba():
         k["layernorm"].layernorm_bwd(x64, x64, np.ones(6), np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="gelu_bwd"):
         k["gelu"].gelu_bwd(x64, x64.T)
+    with pytest.raises(ValueError, match="gelu_tanh_bwd"):
+        k["gelu"].gelu_tanh_bwd(x64, x64.T)
+    close(k["gelu"].gelu_tanh_fwd(nc), ref("gelu").gelu_tanh_fwd(f64(nc)), 1e-5, "non-contiguous")
     with pytest.raises(ValueError, match=r"cross_entropy_fwd.*targets\[1\] = 6"):
         k["cross_entropy"].cross_entropy_fwd(x64, np.array([0, 6, 1, -100]))
     with pytest.raises(ValueError, match="cross_entropy_fwd.*integers"):
@@ -561,6 +616,8 @@ def test_finite_differences_reference():
 
     ge = ref("gelu")
     assert_close(ge.gelu_bwd(x, c), _fd(lambda: (c * ge.gelu_fwd(x)).sum(), x), **FD_TOL, name="gelu")
+    xt = 3 * x  # wider than N(0, 1), so the cubic term of u matters
+    assert_close(ge.gelu_tanh_bwd(xt, c), _fd(lambda: (c * ge.gelu_tanh_fwd(xt)).sum(), xt), **FD_TOL, name="gelu_tanh")
 
     ce = ref("cross_entropy")
     t = np.array([4, -100, 0])

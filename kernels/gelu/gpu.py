@@ -2,6 +2,8 @@
 
     gelu_fwd(x) -> y        y = 0.5 x (1 + erf(x / sqrt(2)))        (exact form, as BERT)
     gelu_bwd(x, dy) -> dx   dx = dy (Phi(x) + x phi(x))
+    gelu_tanh_fwd(x) -> y   y = x/2 (1 + tanh u) = x s, u = sqrt(2/pi)(x + 0.044715 x^3), s = sigmoid(2u)  (GPT-2)
+    gelu_tanh_bwd(x, dy)    dx = dy (s + 2 x s (1 - s) u'),  u' = sqrt(2/pi)(1 + 3 * 0.044715 x^2)
 
 Any shape; elementwise. Importing this module needs neither CuPy nor a GPU.
 """
@@ -36,4 +38,25 @@ def gelu_bwd(x, dy):
     dx = cp.empty_like(x)
     if x.size:
         get_kernel(_CU, "gelu_bwd")(_grid(x.size), (THREADS,), (x, dy, dx, i64(x.size)))
+    return dx
+
+
+def gelu_tanh_fwd(x):
+    """tanh-approximate GELU (GPT-2's) of a float32 CuPy array, elementwise."""
+    cp = require_cupy()
+    x = as_f32("gelu_tanh_fwd", "x", x)
+    y = cp.empty_like(x)
+    if x.size:
+        get_kernel(_CU, "gelu_tanh_fwd")(_grid(x.size), (THREADS,), (x, y, i64(x.size)))
+    return y
+
+
+def gelu_tanh_bwd(x, dy):
+    """Gradient of the tanh-approximate GELU: dx = dy * (s + 2 x s (1 - s) u')."""
+    cp = require_cupy()
+    x = as_f32("gelu_tanh_bwd", "x", x)
+    dy = as_f32("gelu_tanh_bwd", "dy", dy, shape=x.shape)
+    dx = cp.empty_like(x)
+    if x.size:
+        get_kernel(_CU, "gelu_tanh_bwd")(_grid(x.size), (THREADS,), (x, dy, dx, i64(x.size)))
     return dx
