@@ -26,6 +26,8 @@ __all__ = [
     "Tensor", "tensor", "no_grad", "concatenate", "split", "where", "manual_seed", "default_rng",
     "set_backend", "get_backend", "functional", "nn", "optim",
     "BertConfig", "BertModel", "BertForMaskedLM", "BertForSequenceClassification", "BertTokenizer",
+    "GPT2Config", "GPT2Model", "GPT2LMHeadModel",
+    "GPT2Tokenizer", "ByteLevelBPETokenizer",
 ]
 
 
@@ -35,8 +37,16 @@ def __getattr__(name):
         from .models import bert
 
         return getattr(bert, name)
+    if name in ("GPT2Config", "GPT2Model", "GPT2LMHeadModel"):
+        from .models import gpt2
+
+        return getattr(gpt2, name)
     if name == "BertTokenizer":
         from .tokenizer import BertTokenizer
 
         return BertTokenizer
+    if name in ("GPT2Tokenizer", "ByteLevelBPETokenizer"):
+        from . import bpe
+
+        return getattr(bpe, name)
     raise AttributeError(f"module 'minillm' has no attribute {name!r}")
