@@ -1,6 +1,6 @@
 """GPT-2's tokenizer: byte-level BPE, and the trainer that learns its merges from a corpus.
 
-Three stages turn text into ids (Radford et al. 2019, sec. 2.2; OpenAI's ``encoder.py``):
+Three stages turn text into ids (Radford et al. 2019, sec. 2.2; ``src/encoder.py`` of OpenAI's gpt-2 repository):
 
 1. **Pre-tokenization** cuts the text into chunks with one regular expression, `GPT2_PATTERN`::
 

@@ -3,7 +3,7 @@
 Oracles:
 - transformers' `GPT2Tokenizer` loaded from the files *we* trained and saved (in transformers 5 it is the
   Rust `tokenizers` one; transformers 4 also has the slow Python one, checked as well when present);
-- OpenAI's own encoding algorithm (`encoder.py` of the GPT-2 repository, a dozen lines, written out below
+- OpenAI's own encoding algorithm (`src/encoder.py` of OpenAI's gpt-2 repository, a dozen lines, written out below
   with the `regex` module it uses), so the Python algorithm is checked even where transformers has none;
 - for the trainer, a naive trainer that recounts every pair at every step.
 Hard strings draw only characters that Python's Unicode database has assigned: a character from a later
@@ -28,7 +28,8 @@ from strategies import HARD_TEXT_PIECES, hard_texts
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MINILLM_DATA", REPO.parent / "shared" / "data"))
-SST2_TRAIN, SST2_DEV, IMDB = DATA_DIR / "sst2" / "train.tsv", DATA_DIR / "sst2" / "dev.tsv", DATA_DIR / "imdb" / "unsup.txt"
+SST2_TRAIN, SST2_DEV = DATA_DIR / "sst2" / "train.tsv", DATA_DIR / "sst2" / "dev.tsv"
+IMDB = DATA_DIR / "imdb" / "unsup.txt"
 needs_sst2 = pytest.mark.skipif(not SST2_DEV.is_file(), reason=f"SST-2 dev set not found at {SST2_DEV} (MINILLM_DATA)")
 needs_imdb = pytest.mark.skipif(not IMDB.is_file(), reason=f"IMDb reviews not found at {IMDB} (MINILLM_DATA)")
 
@@ -92,7 +93,7 @@ def hf_tokenizers(trained, transformers):
 
 
 class OpenAIEncoder:
-    """GPT-2's encoder.py (github.com/openai/gpt-2, src/encoder.py), the algorithm as OpenAI wrote it."""
+    """src/encoder.py of OpenAI's gpt-2 repository: the algorithm as OpenAI wrote it."""
 
     def __init__(self, ours):
         self.regex = pytest.importorskip("regex", reason="OpenAI's reference encoder needs the regex module")
@@ -306,3 +307,12 @@ def test_call_pads_and_stacks(ours):
     assert out["attention_mask"].sum(axis=1).tolist() == lengths
     assert out["input_ids"][0, lengths[0]:].tolist() == [tok.eos_token_id] * (max(lengths) - lengths[0])
     assert tok("a b c", max_length=2)["input_ids"] == tok.encode("a b c")[:2]
+
+
+def test_docs_bpe_worked_example():
+    """Every `>>>` example of docs/bpe.md runs and prints what the page says (long outputs wrapped)."""
+    page = (REPO / "docs" / "bpe.md").read_text(encoding="utf-8")
+    test = doctest.DocTestParser().get_doctest(page, {}, "docs/bpe.md", str(REPO / "docs" / "bpe.md"), 0)
+    assert len(test.examples) >= 10, "docs/bpe.md lost its worked example"
+    result = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE).run(test)
+    assert result.failed == 0, f"{result.failed} of the examples in docs/bpe.md print something else (see above)"
