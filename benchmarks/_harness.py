@@ -85,6 +85,18 @@ def run_worker(script: str, argv: list, engine: str, threads: int, timeout: floa
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def refresh_docs(out: str, no_docs: bool) -> None:
+    """Re-render README's results block and the NOTES.md tables when the results went to benchmarks/results."""
+    if not no_docs and os.path.abspath(out) == os.path.abspath(RESULTS):
+        from benchmarks import render_docs
+
+        try:
+            render_docs.main(["--write"])
+        except FileNotFoundError as e:  # the other benchmark has not written its results yet
+            print(f"docs not refreshed: {e}")
+    print(f"results in {out}")
+
+
 def engine_order(round_index: int) -> tuple:
     """minillm first in even rounds, PyTorch first in odd ones: neither always runs on a cooler machine."""
     return ENGINES if round_index % 2 == 0 else ENGINES[::-1]

@@ -570,14 +570,7 @@ def main(argv=None) -> None:
             kernels_report.write_versions(args.out, cmd, data, family)
     else:
         kernels_report.write_main(args.out, cmd, data)
-    if not args.no_docs and os.path.abspath(args.out) == os.path.abspath(H.RESULTS):
-        from benchmarks import render_docs
-
-        try:
-            render_docs.main(["--write"])
-        except FileNotFoundError as e:  # the other benchmark has not written its results yet
-            print(f"docs not refreshed: {e}")
-    print(f"results in {args.out}")
+    H.refresh_docs(args.out, args.no_docs)
 
 
 if __name__ == "__main__":
