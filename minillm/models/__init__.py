@@ -1,1 +1,1 @@
-"""Models built on minillm: BERT and its heads."""
+"""Models built on minillm: BERT and GPT-2 with their heads, and the model-agnostic checkpoint code."""

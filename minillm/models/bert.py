@@ -15,21 +15,21 @@ attention, no key/value cache, no relative positions; BERT-as-encoder only.
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
-from ..backend import to_device, xp
+from ..backend import xp
 from ..tensor import Tensor, concatenate
-from .checkpoint import CheckpointMixin
+from .checkpoint import CheckpointMixin, PretrainedConfig
+from .outputs import Output, as_ids as _as_ids
 
 
 @dataclass
-class BertConfig:
+class BertConfig(PretrainedConfig):
     """The hyper-parameters, with the field names of Hugging Face's config.json."""
 
     vocab_size: int = 30522
@@ -100,52 +100,18 @@ class BertConfig:
             raise ValueError(f"BertConfig: position_embedding_type = {self.extra['position_embedding_type']!r} is "
                              "not supported (only 'absolute' learned positions)")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "BertConfig":
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})
-
-    @classmethod
-    def from_json(cls, path) -> "BertConfig":
-        """Read a config.json; a value the model cannot use raises ValueError naming the file and the field."""
-        with open(path, encoding="utf-8") as f:
-            try:
-                d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(d).__name__}")
-        try:
-            return cls.from_dict(d)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
-
     def to_dict(self) -> dict:
-        d = asdict(self)
-        extra = d.pop("extra")
-        d = {k: v for k, v in d.items() if v is not None}
+        """PretrainedConfig's, with id2label's keys as strings and label2id derived from it (as HF writes)."""
+        d = super().to_dict()
+        d.pop("label2id", None)  # an old label2id read into `extra` would contradict id2label
         if "id2label" in d:
             d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
             d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
-        return {**{k: v for k, v in extra.items() if k not in ("label2id",)}, **d}
-
-    def to_json(self, path) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        return d
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-
-class Output(dict):
-    """A dict whose entries are also attributes: `out.loss`, `out["logits"]` (as transformers' ModelOutput)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,21 +227,17 @@ class BertPooler(Module):
         return self.dense(hidden[:, 0]).tanh()
 
 
-def _as_ids(a, name: str, shape=None, device: str = "cpu"):
-    """Token ids, masks and labels may come as lists, int arrays or Tensors: return an int array on
-    `device` (the device of the model's parameters), checked for shape."""
-    a = a.data if isinstance(a, Tensor) else a
-    a = to_device(a if hasattr(a, "get") else np.asarray(a), device)
-    if name != "labels" and a.ndim == 1:
-        a = a[None, :]
-    if name != "labels" and a.ndim != 2:
-        raise ValueError(f"{name} must have shape (B, T), got {tuple(a.shape)}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(a.shape)} but input_ids has shape {tuple(shape)}")
-    return a
+class BertPreTrainedModel(CheckpointMixin, Module):
+    """What every BERT class tells the (model-agnostic) checkpoint code: its config class, the attribute
+    that holds the bare encoder in a task model, and the checkpoint keys that are copies (the decoder
+    weight tied to the word embeddings, its bias shared with `cls.predictions.bias`, `position_ids`)."""
+
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    ignored_checkpoint_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "position_ids")
 
 
-class BertModel(CheckpointMixin, Module):
+class BertModel(BertPreTrainedModel):
     """The encoder: returns `.last_hidden_state` (B, T, C) and `.pooler_output` (B, C)."""
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
@@ -339,7 +301,7 @@ class BertOnlyMLMHead(Module):
         self.predictions = BertLMPredictionHead(config, word_embeddings)
 
 
-class BertForMaskedLM(CheckpointMixin, Module):
+class BertForMaskedLM(BertPreTrainedModel):
     """BERT with the masked-language-model head. With labels (-100 = not masked) it returns `.loss`.
 
     `sparse_head=True` scores only the positions that carry a label, as the original BERT code does:
@@ -366,7 +328,7 @@ class BertForMaskedLM(CheckpointMixin, Module):
         return Output(logits=logits, loss=loss)
 
 
-class BertForSequenceClassification(CheckpointMixin, Module):
+class BertForSequenceClassification(BertPreTrainedModel):
     """BERT with dropout + a linear layer on the pooled [CLS] vector; with labels it returns `.loss`."""
 
     def __init__(self, config: BertConfig):

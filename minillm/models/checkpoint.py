@@ -1,16 +1,26 @@
 """Checkpoints in the Hugging Face layout: a folder with config.json, model.safetensors and vocab.txt.
 
-Parameter names are exactly those of transformers' BERT classes, so a folder written here loads with
+Model-agnostic: this file knows no model family. A model class that mixes in `CheckpointMixin` says what
+it needs, as transformers' PreTrainedModel subclasses do:
+
+    config_class          the config dataclass whose `from_json` reads config.json (e.g. BertConfig)
+    base_model_prefix     the attribute under which a task model holds its bare model ("bert", "transformer")
+    ignored_checkpoint_keys   suffixes of checkpoint keys that are copies, not parameters (a tied decoder
+                          weight, a `position_ids` buffer, GPT-2's causal-mask buffer `attn.bias`)
+
+Parameter names are exactly those of the transformers classes, so a folder written here loads with e.g.
 `transformers.BertForMaskedLM.from_pretrained(dir)` and the other way round. Loading tolerates the two
-differences between task models and the bare encoder (the `bert.` prefix, heads that are missing): missing
-heads keep their fresh initialisation and are reported. Writing is atomic: each file goes to a temporary
-name in the same folder and is renamed into place, so a crash never leaves a half-written checkpoint.
+differences between task models and the bare model (the `bert.` / `transformer.` prefix, heads that are
+missing): missing heads keep their fresh initialisation and are reported. Writing is atomic: each file
+goes to a temporary name in the same folder and is renamed into place, so a crash never leaves a
+half-written checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os
 import warnings
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +28,6 @@ import numpy as np
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-# Keys a checkpoint may hold that have no parameter of their own here: tied or derived copies.
-_TIED_OR_DERIVED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "position_ids")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -69,23 +77,66 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -
     atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
 
 
-def _to_model_names(state: dict, own: set[str], is_task_model: bool) -> dict:
-    """Map checkpoint keys onto the model's names: add or strip the `bert.` prefix as needed."""
+class PretrainedConfig:
+    """config.json <-> a config dataclass, for every model family: the dataclass's fields are read by name,
+    unknown keys are kept in its `extra` dict (so a transformers config.json survives a round trip), and
+    the dataclass's `validate()` (run by its __post_init__) names the field of a bad value."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def from_json(cls, path):
+        """Read a config.json; a value the model cannot use raises ValueError naming the file and the field."""
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def to_dict(self) -> dict:
+        """The fields (None left out) over the unknown keys that were read."""
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **{k: v for k, v in d.items() if v is not None}}
+
+    def to_json(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+
+def _to_model_names(state: dict, own: set[str], prefix: str, is_task_model: bool, ignored: tuple) -> dict:
+    """Map checkpoint keys onto the model's names: drop the copies named in `ignored` (never a key that is
+    a parameter here), add or strip the `prefix.` of the bare model as needed."""
     mapped = {}
+    p = prefix + "."
     for key, value in state.items():
-        if key.endswith(_TIED_OR_DERIVED) or key.split(".")[-1] == "position_ids":
+        if key not in own and key.endswith(ignored):
             continue
         if key not in own:
-            if is_task_model and "bert." + key in own:
-                key = "bert." + key
-            elif key.startswith("bert.") and key[5:] in own:
-                key = key[5:]
+            if is_task_model and p + key in own:
+                key = p + key
+            elif key.startswith(p) and key[len(p):] in own:
+                key = key[len(p):]
         mapped[key] = value
     return mapped
 
 
 class CheckpointMixin:
-    """from_pretrained / save_pretrained for the BERT classes (which define `config`)."""
+    """from_pretrained / save_pretrained for a model class that defines `config_class` and
+    `base_model_prefix` (and optionally `ignored_checkpoint_keys`), and whose instances hold `config`."""
+
+    config_class = None
+    base_model_prefix = ""
+    ignored_checkpoint_keys: tuple = ()
 
     @classmethod
     def from_pretrained(cls, path, config=None, **kwargs):
@@ -94,8 +145,9 @@ class CheckpointMixin:
         Heads missing from the checkpoint (e.g. a classifier on top of a bare encoder) keep their fresh
         initialisation and are reported with a warning; unexpected keys are reported too.
         """
-        from .bert import BertConfig
-
+        if cls.config_class is None:
+            raise TypeError(f"{cls.__name__}.from_pretrained: the class names no config_class (the config "
+                            "dataclass that reads config.json); set it as a class attribute")
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a directory (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
@@ -103,12 +155,14 @@ class CheckpointMixin:
             config_path = path / CONFIG_NAME
             if not config_path.is_file():
                 raise FileNotFoundError(f"{config_path}: missing; a checkpoint folder needs {CONFIG_NAME}")
-            config = BertConfig.from_json(config_path)
+            config = cls.config_class.from_json(config_path)
         model = cls(config, **kwargs)
         weights = path / WEIGHTS_NAME
         state = read_safetensors(weights)
         own = dict(model._named_parameters_all(""))
-        state = _to_model_names(state, set(own), is_task_model=hasattr(model, "bert"))
+        prefix = cls.base_model_prefix
+        state = _to_model_names(state, set(own), prefix, is_task_model=bool(prefix) and hasattr(model, prefix),
+                                ignored=tuple(cls.ignored_checkpoint_keys))
         for name, array in state.items():
             if name in own and tuple(array.shape) != own[name].shape:
                 raise ValueError(
