@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minillm.bpe import (ENDOFTEXT, GPT2_PATTERN, WHITE_SPACE, ByteLevelBPETokenizer, _category_ranges,
-                         bytes_to_unicode, count_chunks, pretokenize_pattern, train_bpe, train_bpe_from_counts)
+                         bytes_to_unicode, count_chunks, pretokenize, pretokenize_pattern, train_bpe,
+                         train_bpe_from_counts)
 from strategies import HARD_TEXT_PIECES, hard_texts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ needs_imdb = pytest.mark.skipif(not IMDB.is_file(), reason=f"IMDb reviews not fo
 # whitespace runs before words and at the end, digits, symbol runs, the special token written in the text.
 GPT2_PIECES = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "''", "o'clock", "   ", "\n\n", " \n ",
                "\t\t", "2024", " 3.14", "!!!", " ...", ENDOFTEXT, "<|endoftext", "<|endoftext|>" * 2, "\x1c\x1d",
-               "\x85", "Ⅻ", "½", "²")
+               "\x85", "Ⅻ", "½", "²", " 𝐀𝐁", "𠀀", "𝟏𝟐", "🙂x")   # the last four: above U+FFFF
 
 
 def assigned_text(max_size=12):
@@ -174,7 +175,9 @@ def test_pattern_classes_equal_regex_on_every_code_point():
 @given(text=gpt2_hard_texts())
 def test_pretokenize_equals_regex(text):
     regex = pytest.importorskip("regex", reason="the `regex` module runs GPT-2's pattern as written")
-    assert pretokenize_pattern().findall(text) == regex.findall(GPT2_PATTERN, text)
+    want = regex.findall(GPT2_PATTERN, text)
+    assert pretokenize_pattern().findall(text) == want
+    assert pretokenize(text) == want                    # the pattern without U+10000.. when the text has none
 
 
 def test_pretokenize_examples():
