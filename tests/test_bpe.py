@@ -194,7 +194,27 @@ def check_parity(ours, openai, hf_tokenizers, text):
     assert ids == openai.encode(text), text
     for hf in hf_tokenizers:
         assert hf(text)["input_ids"] == ids, (type(hf).__name__, text)
+        assert hf.decode(ids) == text
     assert ours.decode(ids) == text
+
+
+def test_parity_corpus_has_merges_over_the_hard_parts(ours):
+    """The parity tests only mean something if the vocabulary merges multi-byte characters, whitespace
+    runs and contractions, which a vocabulary trained on plain English alone might not."""
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    tokens = [t for t in ours.vocab if t not in ours.special_tokens]
+    several_high_bytes = [t for t in tokens if sum(byte_of[c] >= 0x80 for c in t) >= 2]
+    assert len(several_high_bytes) >= 20, several_high_bytes         # "Ã©" (é), "ðŁ" (emoji lead bytes), ...
+    assert {"ĠĠ", "ĉĉ", "ĠĊ", "'s", "'t"} <= set(tokens)
+
+
+@settings(max_examples=100)
+@given(data=st.data())
+def test_decoding_any_ids_matches_transformers(ours, hf_tokenizers, data):
+    # Any id sequence, so also bytes cut inside a UTF-8 character: both replace them with U+FFFD alike.
+    ids = data.draw(st.lists(st.integers(0, len(ours) - 1), max_size=12))
+    for hf in hf_tokenizers:
+        assert ours.decode(ids) == hf.decode(ids), ids
 
 
 @needs_sst2
@@ -319,3 +339,17 @@ def test_docs_bpe_worked_example():
     assert len(test.examples) >= 10, "docs/bpe.md lost its worked example"
     result = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE).run(test)
     assert result.failed == 0, f"{result.failed} of the examples in docs/bpe.md print something else (see above)"
+
+
+def test_call_matches_transformers(trained, transformers):
+    folder = trained[1]
+    ours = ByteLevelBPETokenizer.from_pretrained(folder, pad_token=ENDOFTEXT)
+    hf = transformers.GPT2Tokenizer.from_pretrained(folder, pad_token=ENDOFTEXT)
+    texts = ["a first sentence", "and a second, longer one  \n", "é😀"]
+    for kwargs in ({}, {"padding": True}, {"padding": "max_length", "max_length": 20},
+                   {"truncation": True, "max_length": 3}, {"max_length": 4}):
+        tensors = {"return_tensors": "np"} if kwargs.get("padding") else {}    # ragged rows stay lists
+        want, got = hf(texts, **kwargs, **tensors), ours(texts, **kwargs, **tensors)
+        for name in ("input_ids", "attention_mask"):
+            lists = [x.tolist() if isinstance(x, np.ndarray) else list(x) for x in (got[name], want[name])]
+            assert lists[0] == lists[1], (kwargs, name)
