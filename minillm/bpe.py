@@ -161,7 +161,7 @@ class ByteLevelBPETokenizer:
         self.pad_token = pad_token
         self.model_max_length = model_max_length
         self.errors = errors
-        self._byte_table = {b: c for b, c in bytes_to_unicode().items()}          # for str.translate
+        self._byte_table = dict(bytes_to_unicode())                                 # for str.translate
         self._unbyte_table = {ord(c): b for b, c in bytes_to_unicode().items()}
         # Special tokens written in the text stay whole: split around them first, longest alternative first.
         specials = sorted(self.special_tokens, key=len, reverse=True)
@@ -172,13 +172,27 @@ class ByteLevelBPETokenizer:
 
     @classmethod
     def from_pretrained(cls, directory, **kwargs):
-        """Load vocab.json, merges.txt and, if present, tokenizer_config.json (HF layout)."""
+        """Load a folder in HF layout: vocab.json + merges.txt, or else tokenizer.json (what transformers 5
+        writes), and the settings in tokenizer_config.json if present. Keyword arguments override them."""
         directory = Path(directory)
-        if not (directory / "vocab.json").is_file() or not (directory / "merges.txt").is_file():
-            raise FileNotFoundError(f"{directory} lacks vocab.json or merges.txt (a byte-level BPE folder)")
-        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        lines = (directory / "merges.txt").read_text(encoding="utf-8").split("\n")
-        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        specials = []
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+            lines = (directory / "merges.txt").read_text(encoding="utf-8").split("\n")
+            merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        elif (directory / "tokenizer.json").is_file():
+            raw = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+            model, pre = raw.get("model") or {}, raw.get("pre_tokenizer") or {}
+            if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space"):
+                raise ValueError(f"{directory / 'tokenizer.json'} is not GPT-2's byte-level BPE (model "
+                                 f"{model.get('type')!r}, pre-tokenizer {pre.get('type')!r}); this class reads "
+                                 "only that")
+            vocab = model["vocab"]
+            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+            specials = [t["content"] for t in raw.get("added_tokens", []) if t.get("special")]
+        else:
+            raise FileNotFoundError(f"{directory} has neither vocab.json + merges.txt nor tokenizer.json "
+                                    "(a byte-level BPE folder in HF layout)")
         settings = {}
         config = directory / "tokenizer_config.json"
         if config.is_file():
@@ -186,9 +200,12 @@ class ByteLevelBPETokenizer:
             settings = {k: raw[k] for k in ("pad_token", "model_max_length", "errors") if k in raw}
             if isinstance(settings.get("pad_token"), dict):       # transformers' serialized AddedToken
                 settings["pad_token"] = settings["pad_token"]["content"]
-            if raw.get("eos_token"):
-                eos = raw["eos_token"]
-                settings["special_tokens"] = (eos["content"] if isinstance(eos, dict) else eos,)
+            eos = raw.get("eos_token")
+            eos = eos["content"] if isinstance(eos, dict) else eos
+            if eos:     # the first special token is the eos (and bos, unk) token
+                specials = [eos] + [t for t in specials if t != eos]
+        if specials:
+            settings["special_tokens"] = tuple(specials)
         settings.update(kwargs)
         return cls(vocab, merges, **settings)
 

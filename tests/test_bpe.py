@@ -14,6 +14,7 @@ import doctest
 import os
 import random
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -93,11 +94,17 @@ def hf_tokenizers(trained, transformers):
     return toks
 
 
+@pytest.fixture(scope="module")
+def regex():
+    """The third-party `regex` module (it comes with transformers): the oracle for \\p{L}, \\p{N} and \\s."""
+    return pytest.importorskip("regex", reason="the `regex` module is a test oracle only (it comes with transformers)")
+
+
 class OpenAIEncoder:
     """src/encoder.py of OpenAI's gpt-2 repository: the algorithm as OpenAI wrote it."""
 
-    def __init__(self, ours):
-        self.regex = pytest.importorskip("regex", reason="OpenAI's reference encoder needs the regex module")
+    def __init__(self, ours, regex):
+        self.regex = regex
         self.encoder, self.ranks = ours.vocab, {pair: i for i, pair in enumerate(ours.merges)}
         self.byte_encoder = bytes_to_unicode()
         self.pat = self.regex.compile(GPT2_PATTERN)
@@ -140,8 +147,8 @@ class OpenAIEncoder:
 
 
 @pytest.fixture(scope="module")
-def openai(ours):
-    return OpenAIEncoder(ours)
+def openai(ours, regex):
+    return OpenAIEncoder(ours, regex)
 
 
 # --- the pieces -------------------------------------------------------------------------------------------
@@ -155,13 +162,11 @@ def test_bytes_to_unicode_is_gpt2s_table():
     assert chars[:3] == ["!", '"', "#"]       # GPT-2's vocab.json starts {"!": 0, "\"": 1, "#": 2, ...}
 
 
-def test_pattern_classes_equal_regex_on_every_code_point():
+def test_pattern_classes_equal_regex_on_every_code_point(regex):
     """\\p{L}, \\p{N} and \\s as `regex` reads them, against our `re` classes, for all 1,114,112 code points.
 
     The only differences allowed are code points unassigned in Python's Unicode version (newer characters).
-    Using `re`'s own \\s instead of WHITE_SPACE fails here (U+001C..U+001F)."""
-    regex = pytest.importorskip("regex", reason="the `regex` module is the oracle for \\p{L} and \\p{N}")
-    import unicodedata
+    `re`'s own \\s would not pass: it also matches U+001C..U+001F."""
     everything = "".join(map(chr, range(0x110000)))
     classes = {r"\p{L}": "[" + _category_ranges("L") + "]", r"\p{N}": "[" + _category_ranges("N") + "]",
                r"\s": "[" + re.escape(WHITE_SPACE) + "]"}
@@ -169,12 +174,14 @@ def test_pattern_classes_equal_regex_on_every_code_point():
         want, got = set(regex.findall(prop, everything)), set(re.findall(ours, everything))
         differ = sorted(ord(c) for c in want ^ got if unicodedata.category(c) != "Cn")
         assert not differ, f"{prop}: {len(differ)} code points differ, e.g. {[hex(c) for c in differ[:10]]}"
+    for prefix in "LN":   # the classes `pretokenize` uses for a text without code points above U+FFFF
+        bmp = set(re.findall("[" + _category_ranges(prefix, 0x10000) + "]", everything))
+        assert bmp == {c for c in re.findall("[" + _category_ranges(prefix) + "]", everything) if ord(c) < 0x10000}
 
 
 @settings(max_examples=200)
 @given(text=gpt2_hard_texts())
-def test_pretokenize_equals_regex(text):
-    regex = pytest.importorskip("regex", reason="the `regex` module runs GPT-2's pattern as written")
+def test_pretokenize_equals_regex(regex, text):
     want = regex.findall(GPT2_PATTERN, text)
     assert pretokenize_pattern().findall(text) == want
     assert pretokenize(text) == want                    # the pattern without U+10000.. when the text has none
@@ -318,6 +325,15 @@ def test_save_pretrained_layout_round_trip(trained, tmp_path):
     tok.save_pretrained(tmp_path)
     again = ByteLevelBPETokenizer.from_pretrained(tmp_path)
     assert again.vocab == tok.vocab and again.merges == tok.merges and again.eos_token == ENDOFTEXT
+
+
+def test_loads_what_transformers_saves(trained, transformers, tmp_path):
+    tok, folder = trained
+    transformers.GPT2Tokenizer.from_pretrained(folder).save_pretrained(tmp_path)   # tokenizer.json (transformers 5)
+    again = ByteLevelBPETokenizer.from_pretrained(tmp_path)
+    assert again.vocab == tok.vocab and again.merges == tok.merges and again.special_tokens == [ENDOFTEXT]
+    text = "Byte-level BPE, 日本語 😀  <|endoftext|>"
+    assert again.encode(text) == tok.encode(text)
 
 
 def test_call_pads_and_stacks(ours):
