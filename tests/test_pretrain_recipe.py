@@ -336,9 +336,10 @@ def test_sst2_dev_under_another_name_is_refused_by_its_bytes(data, tmp_path, mon
 
 
 def test_the_real_sst2_dev_file_is_refused_under_another_name(tmp_path):
-    real = Path(os.environ.get("MINILLM_DATA", "")) / "sst2" / "dev.tsv"
-    if not os.environ.get("MINILLM_DATA") or not real.is_file():
-        pytest.skip("needs MINILLM_DATA with sst2/dev.tsv (the recorded digest is of the real file)")
+    data = Path(os.environ.get("MINILLM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    real = data / "sst2" / "dev.tsv"
+    if not real.is_file():
+        pytest.skip(f"no SST-2 dev copy at {real} (set MINILLM_DATA): the recorded digest is of the real file")
     copy = tmp_path / "reviews.tsv"
     shutil.copy(real, copy)
     with pytest.raises(ValueError, match=r"has the bytes of sst2/dev\.tsv"):
