@@ -283,7 +283,7 @@ def test_attention_launches_match_signatures(fake_cupy, D, masked):
 
 def test_row_kernel_launches_match_signatures(fake_cupy):
     x = _f32(3, 5, 33)
-    mask = np.random.default_rng(1).random((5, 33)) > 0.5  # broadcast over the leading axis
+    mask = np.random.default_rng(1).random((5, 33)) > 0.5  # broadcast over each leading axis
     sm, ln, ge = _gpu("softmax"), _gpu("layernorm"), _gpu("gelu")
     y = sm.softmax_fwd(x, mask=mask)
     sm.softmax_fwd(x)

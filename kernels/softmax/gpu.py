@@ -20,7 +20,7 @@ WARPS_PER_BLOCK = 4  # must match #define WARPS_PER_BLOCK in softmax.cu: one row
 
 
 def _rows(x):
-    """(..., C) -> (N, C) view: N = product of the leading dims."""
+    """(..., C) -> (N, C) view: N = product of all leading dims."""
     C = x.shape[-1]
     return x.reshape(-1, C), math.prod(x.shape[:-1]), C
 
