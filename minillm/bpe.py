@@ -54,9 +54,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
-import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from itertools import chain
@@ -64,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.tokenizer import BatchEncoding, _WordCache
+from minillm.tokenizer import BatchEncoding, _WordCache, write_files_atomically
 from minillm.wordpiece_train import _apply_merge
 
 ENDOFTEXT = "<|endoftext|>"
@@ -221,16 +219,7 @@ class ByteLevelBPETokenizer:
         files = {"vocab.json": json.dumps(self.vocab, ensure_ascii=False) + "\n",
                  "merges.txt": "".join(f"{line}\n" for line in [MERGES_HEADER, *(f"{a} {b}" for a, b in self.merges)]),
                  "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
-        for name, content in files.items():
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                    f.write(content)
-                os.replace(tmp, directory / name)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        return tuple(str(directory / name) for name in files)
+        return write_files_atomically(directory, files)
 
     # --- text -> ids ------------------------------------------------------------------------------------
 

@@ -64,6 +64,21 @@ _TRUNCATION = {False: None, "do_not_truncate": None, True: "longest_first", "lon
 
 # --- character classes (the same definitions as the original BERT code and transformers) -----------------
 
+def write_files_atomically(directory: Path, files: dict) -> tuple:
+    """Write each {name: text} into `directory` through a temporary file renamed over the target, so an
+    interrupted save never leaves a half-written vocabulary behind; returns the paths written."""
+    for name, content in files.items():
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                f.write(content)
+            os.replace(tmp, directory / name)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    return tuple(str(directory / name) for name in files)
+
+
 def _is_whitespace(ch):
     return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
 
@@ -355,16 +370,7 @@ class BertTokenizer:
         files = {"vocab.txt": "".join(t + "\n" for t in self.ids_to_tokens),
                  "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                  "special_tokens_map.json": json.dumps(specials, indent=2) + "\n"}
-        for name, content in files.items():
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                    f.write(content)
-                os.replace(tmp, directory / name)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        return tuple(str(directory / name) for name in files)
+        return write_files_atomically(directory, files)
 
     # --- text <-> tokens <-> ids ------------------------------------------------------------------------
 
