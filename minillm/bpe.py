@@ -24,7 +24,7 @@ Three stages turn text into ids (Radford et al. 2019, sec. 2.2; ``src/encoder.py
 Training (`train_bpe`) is the same story backwards: count the chunks of a corpus, start from the 256 byte
 characters, and repeatedly add the most frequent adjacent pair (weighting each chunk by its count) as a
 merge. Ties go to the smallest pair in string order, so the result is deterministic. Like
-`minillm.wordpiece_train` (whose `_apply_merge` it reuses), it works on distinct chunks with their counts
+`minillm.wordpiece_train` (whose merge loop, `most_frequent_merges`, it shares), it works on distinct chunks with their counts
 and updates only the pairs beside each merge, with a lazily updated heap to find the most frequent pair.
 
 **Why Python's `re` and not the `regex` module.** ``\\p{L}`` (any letter) and ``\\p{N}`` (any number) are
@@ -52,18 +52,17 @@ special tokens it is built with. `__call__` adds no special tokens (GPT-2 adds n
 from __future__ import annotations
 
 import functools
-import heapq
 import json
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from minillm.tokenizer import BatchEncoding, _WordCache, write_files_atomically
-from minillm.wordpiece_train import _apply_merge
+from minillm.wordpiece_train import most_frequent_merges
 
 ENDOFTEXT = "<|endoftext|>"
 # The pattern as OpenAI wrote it (for the `regex` module); `pretokenize_pattern` is its `re` translation.
@@ -434,40 +433,19 @@ def train_bpe_from_counts(chunk_counts, vocab_size, min_frequency=2, special_tok
     merges = []
     target = vocab_size - len(special_tokens)
 
-    pair_count = defaultdict(int)   # (a, b) -> weighted number of times a is directly followed by b
-    pair_words = defaultdict(set)   # (a, b) -> the chunks where it occurs (may hold stale ones)
-    for i, syms in enumerate(symbols):
-        for pair in zip(syms, syms[1:]):
-            pair_count[pair] += freqs[i]
-            pair_words[pair].add(i)
-    # Max-heap by count, then the smallest pair, via (-count, a, b); a popped entry whose count is out of
-    # date is pushed back with the current count (lazy update).
-    heap = [(-c, a, b) for (a, b), c in pair_count.items()]
-    heapq.heapify(heap)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=target - len(vocab), desc="learning merges", unit="tok")
-    while len(vocab) < target and heap:
-        neg, a, b = heapq.heappop(heap)
-        count = pair_count.get((a, b), 0)
-        if count != -neg:
-            if count > 0:
-                heapq.heappush(heap, (-count, a, b))
-            continue
-        if count < min_frequency:
+    for a, b, merged in most_frequent_merges(symbols, freqs, lambda a, b: a + b, min_frequency):
+        if len(vocab) >= target:
             break
         merges.append((a, b))
-        merged = a + b
         if merged not in vocab:         # ("a", "bc") and ("ab", "c") both make "abc": one id
             vocab[merged] = len(vocab)
             if bar is not None:
                 bar.update()
-        grew = _apply_merge(a, b, merged, pair_words.pop((a, b)), symbols, freqs, pair_count, pair_words)
-        pair_count.pop((a, b), None)
-        for pair in grew:
-            heapq.heappush(heap, (-pair_count[pair], *pair))
     if bar is not None:
         bar.close()
     for token in special_tokens:

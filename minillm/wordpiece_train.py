@@ -106,6 +106,34 @@ def train_wordpiece_from_counts(word_counts, vocab_size, min_frequency=2, specia
                          f"ask for more than {len(vocab)} tokens")
     in_vocab = set(vocab)
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=vocab_size - len(vocab), desc="learning merges", unit="tok")
+    # b is always a continuation "##..." (only a word's first symbol is not), so a + b[2:] glues them
+    for a, b, merged in most_frequent_merges(symbols, freqs, lambda a, b: a + b[2:], min_frequency):
+        if len(vocab) >= vocab_size:
+            break
+        if merged not in in_vocab:      # ("h", "##el") and ("he", "##l") both make "hel": add it once
+            vocab.append(merged)
+            in_vocab.add(merged)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return vocab
+
+
+def most_frequent_merges(symbols, freqs, join, min_frequency: int = 1):
+    """Yield (a, b, join(a, b)) for the most frequent adjacent pair, merging it in `symbols` before the next.
+
+    The loop both trainers share (WordPiece here, byte-level BPE in bpe.py). `symbols[i]` is word i as a list
+    of symbols, `freqs[i]` its count; both are updated in place. Pair counts are kept incrementally: a merge
+    only touches the words that hold the pair (`_apply_merge`), never a full recount. Ties go to the
+    smallest pair in string order. Stops when no pair occurs `min_frequency` times; the caller stops
+    earlier by leaving the loop when its vocabulary is full.
+    """
     pair_count = defaultdict(int)   # (a, b) -> weighted number of times a is directly followed by b
     pair_words = defaultdict(set)   # (a, b) -> indices of the words where it occurs (may hold stale ones)
     for i, syms in enumerate(symbols):
@@ -116,13 +144,7 @@ def train_wordpiece_from_counts(word_counts, vocab_size, min_frequency=2, specia
     # popped entry whose count is out of date is pushed back with the current count (lazy update).
     heap = [(-c, a, b) for (a, b), c in pair_count.items()]
     heapq.heapify(heap)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=vocab_size - len(vocab), desc="learning merges", unit="tok")
-    while len(vocab) < vocab_size and heap:
+    while heap:
         neg, a, b = heapq.heappop(heap)
         count = pair_count.get((a, b), 0)
         if count != -neg:
@@ -130,20 +152,13 @@ def train_wordpiece_from_counts(word_counts, vocab_size, min_frequency=2, specia
                 heapq.heappush(heap, (-count, a, b))
             continue
         if count < min_frequency:
-            break
-        merged = a + b[2:]              # b is always a continuation "##..." (only a word's first symbol is not)
-        if merged not in in_vocab:      # ("h", "##el") and ("he", "##l") both make "hel": add it once
-            vocab.append(merged)
-            in_vocab.add(merged)
-            if bar is not None:
-                bar.update()
+            return
+        merged = join(a, b)
+        yield a, b, merged
         grew = _apply_merge(a, b, merged, pair_words.pop((a, b)), symbols, freqs, pair_count, pair_words)
         pair_count.pop((a, b), None)   # normally already gone: every occurrence was merged
         for pair in grew:
             heapq.heappush(heap, (-pair_count[pair], *pair))
-    if bar is not None:
-        bar.close()
-    return vocab
 
 
 def _apply_merge(a, b, merged, word_ids, symbols, freqs, pair_count, pair_words):
