@@ -23,9 +23,10 @@ Three stages turn text into ids (Radford et al. 2019, sec. 2.2; ``src/encoder.py
 
 Training (`train_bpe`) is the same story backwards: count the chunks of a corpus, start from the 256 byte
 characters, and repeatedly add the most frequent adjacent pair (weighting each chunk by its count) as a
-merge. Ties go to the smallest pair in string order, so the result is deterministic. Like
-`minillm.wordpiece_train` (whose merge loop, `most_frequent_merges`, it shares), it works on distinct chunks with their counts
-and updates only the pairs beside each merge, with a lazily updated heap to find the most frequent pair.
+merge. Ties go to the smallest pair in string order, so the result is deterministic. The merge loop is
+`minillm.wordpiece_train.most_frequent_merges`, shared with WordPiece training: it works on distinct chunks
+with their counts and updates only the pairs beside each merge, with a lazily updated heap to find the most
+frequent pair.
 
 **Why Python's `re` and not the `regex` module.** ``\\p{L}`` (any letter) and ``\\p{N}`` (any number) are
 Unicode properties that `re` does not know, and OpenAI's code uses the third-party `regex` module for
