@@ -19,7 +19,7 @@ Method:
 2. **PyTorch**, in its own process afterwards (benchmarks/_harness.py says why one engine per process):
    transformers' BertForMaskedLM loaded from those initial weights, trained on the recorded batches, in
    the same order, with the same recipe written independently: AdamW (betas 0.9 / 0.999, eps 1e-8), weight
-   decay on every parameter but biases and LayerNorm (Hugging Face's run_mlm.py rule), update u at
+   decay on every parameter but biases and LayerNorm (the rule of Hugging Face's run_mlm example), update u at
    lr * min(u / W, (S - u + 1) / (S - W)) (minillm's LinearWarmupDecay), global-norm clipping at
    TrainConfig.max_grad_norm; held-out loss and masked-token accuracy on the recorded held-out batches
    at the same steps minillm evaluates.
@@ -205,7 +205,7 @@ def torch_worker(args) -> dict:
     steps, warmup, every = recipe["steps"], recipe["warmup"], recipe["eval_every"]
     model = transformers.BertForMaskedLM.from_pretrained(os.path.join(work, "init"))
     named = list(model.named_parameters())
-    no_decay = ("bias", "LayerNorm.weight")  # Hugging Face's run_mlm.py rule
+    no_decay = ("bias", "LayerNorm.weight")  # the rule of Hugging Face's run_mlm example
     groups = [{"params": [p for n, p in named if not any(k in n for k in no_decay)],
                "weight_decay": recipe["weight_decay"]},
               {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0}]

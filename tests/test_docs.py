@@ -70,6 +70,8 @@ NOT_HERE = {
     "gpu.md": "the same GPU report, named by the script that writes it",
     "benchmarks/results/pretraining.md": "written by benchmarks/pretraining_study.py once the study has run",
     "pretraining.md": "the same study report, named by the script that writes it and by its test",
+    "benchmarks/results/pretrain_parity.md": "written by benchmarks/pretrain_parity.py once it has run at full length",
+    "pretrain_parity.md": "the same parity report, named by the script that writes it",
 }
 
 

@@ -8,7 +8,7 @@ BertForMaskedLM from the same weights on the same batches.
 
 The PyTorch side is written from the recipe, not from minillm's code:
 
-* parameter groups by Hugging Face's rule (run_mlm.py): no decay on names containing "bias" or
+* parameter groups by Hugging Face's rule (its run_mlm example): no decay on names containing "bias" or
   "LayerNorm.weight", decay 0.01 on everything else;
 * the learning rate of update u (1-based) is peak * min(u / W, (S - u + 1) / (S - W)) for W warm-up steps
   of S: linear warm-up to the peak at update W, then linear decay to peak / (S - W) at the last update
@@ -91,7 +91,7 @@ def train_minillm(tmp_path, sparse_head: bool):
 
 
 def decayed(name: str) -> bool:
-    """Hugging Face's rule (run_mlm.py), spelled independently of minillm's: no decay on biases and LayerNorm."""
+    """Hugging Face's rule (its run_mlm example), spelled independently of minillm's: no decay on biases and LayerNorm."""
     return not any(k in name for k in ("bias", "LayerNorm.weight"))
 
 
