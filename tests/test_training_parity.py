@@ -91,7 +91,7 @@ def train_minillm(tmp_path, sparse_head: bool):
 
 
 def decayed(name: str) -> bool:
-    """Hugging Face's rule (its run_mlm example), spelled independently of minillm's: no decay on biases and LayerNorm."""
+    """Hugging Face's rule (its run_mlm example), written apart from minillm's: no decay on biases and LayerNorm."""
     return not any(k in name for k in ("bias", "LayerNorm.weight"))
 
 
