@@ -20,43 +20,42 @@ def _grid(n):
     return (min(cdiv(n, THREADS), MAX_BLOCKS),)
 
 
-def gelu_fwd(x):
-    """Exact GELU of a float32 CuPy array, elementwise."""
+def _forward(kernel, x):
+    """y = f(x) elementwise by the named kernel of gelu.cu (x float32 CuPy, any shape)."""
     cp = require_cupy()
-    x = as_f32("gelu_fwd", "x", x)
+    x = as_f32(kernel, "x", x)
     y = cp.empty_like(x)
     if x.size:
-        get_kernel(_CU, "gelu_fwd")(_grid(x.size), (THREADS,), (x, y, i64(x.size)))
+        get_kernel(_CU, kernel)(_grid(x.size), (THREADS,), (x, y, i64(x.size)))
     return y
+
+
+def _backward(kernel, x, dy):
+    """dx = dy * f'(x) elementwise by the named kernel of gelu.cu."""
+    cp = require_cupy()
+    x = as_f32(kernel, "x", x)
+    dy = as_f32(kernel, "dy", dy, shape=x.shape)
+    dx = cp.empty_like(x)
+    if x.size:
+        get_kernel(_CU, kernel)(_grid(x.size), (THREADS,), (x, dy, dx, i64(x.size)))
+    return dx
+
+
+def gelu_fwd(x):
+    """Exact GELU of a float32 CuPy array, elementwise."""
+    return _forward("gelu_fwd", x)
 
 
 def gelu_bwd(x, dy):
     """Gradient of exact GELU: dx = dy * (Phi(x) + x * phi(x))."""
-    cp = require_cupy()
-    x = as_f32("gelu_bwd", "x", x)
-    dy = as_f32("gelu_bwd", "dy", dy, shape=x.shape)
-    dx = cp.empty_like(x)
-    if x.size:
-        get_kernel(_CU, "gelu_bwd")(_grid(x.size), (THREADS,), (x, dy, dx, i64(x.size)))
-    return dx
+    return _backward("gelu_bwd", x, dy)
 
 
 def gelu_tanh_fwd(x):
     """tanh-approximate GELU (GPT-2's) of a float32 CuPy array, elementwise."""
-    cp = require_cupy()
-    x = as_f32("gelu_tanh_fwd", "x", x)
-    y = cp.empty_like(x)
-    if x.size:
-        get_kernel(_CU, "gelu_tanh_fwd")(_grid(x.size), (THREADS,), (x, y, i64(x.size)))
-    return y
+    return _forward("gelu_tanh_fwd", x)
 
 
 def gelu_tanh_bwd(x, dy):
     """Gradient of the tanh-approximate GELU: dx = dy * (s + 2 x s (1 - s) u')."""
-    cp = require_cupy()
-    x = as_f32("gelu_tanh_bwd", "x", x)
-    dy = as_f32("gelu_tanh_bwd", "dy", dy, shape=x.shape)
-    dx = cp.empty_like(x)
-    if x.size:
-        get_kernel(_CU, "gelu_tanh_bwd")(_grid(x.size), (THREADS,), (x, dy, dx, i64(x.size)))
-    return dx
+    return _backward("gelu_tanh_bwd", x, dy)
