@@ -2,9 +2,14 @@
 
     minillm demo                                   the main job: pretrain, zero-shot, fine-tune, report
     minillm pretrain --preset tiny|mini|small --corpus FILE [FILE ...] --out DIR [--steps N | --minutes M] ...
+    minillm pretrain --objective clm --preset gpt-tiny|gpt-mini|gpt-small ...   the causal LM (GPT-2)
     minillm finetune --model DIR --train FILE --eval FILE --out DIR [--epochs E] [--lr LR] [--batch-size B]
     minillm evaluate --model DIR --data FILE [--zero-shot]   last stdout line: {"accuracy": a, "n": n}
     minillm predict  --model DIR TEXT [TEXT ...]
+    minillm fill-mask --model DIR TEXT [--top-k K]   the top-k tokens at each [MASK], with probabilities
+    minillm attention --model DIR --text TEXT --out FILE.png [--layer L] [--head H]   attention maps
+    minillm generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+                     [--seed S]                    GPT-2 continues the prompt, streamed to stdout
     minillm bench                                  the kernel benchmark (benchmarks/kernels.py)
 
 Errors a user can act on (bad files, shapes, flags) are printed as one line `minillm: error: ...` with
@@ -22,8 +27,8 @@ import sys
 
 
 from .train.checks import (classifier_length, dropout_rate, label_count, mask_rate, nonnegative_float, nonnegative_int,
-                           open_fraction, out_dir, positive_float, positive_int, random_seed, sequence_length,
-                           warmup_amount)
+                           open_fraction, out_dir, positive_float, positive_int, probability, random_seed,
+                           sequence_length, warmup_amount)
 
 
 def _add_backend(p):
@@ -47,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=random_seed, default=0)
     _add_backend(p)
 
-    p = sub.add_parser("pretrain", help="masked-language-model pretraining from random weights")
-    p.add_argument("--preset", default="mini", choices=("tiny", "mini", "small"))
+    p = sub.add_parser("pretrain", help="masked-language-model (or, --objective clm, causal) pretraining from random weights")
+    p.add_argument("--objective", default="mlm", choices=("mlm", "clm"),
+                   help="mlm: BERT, predict masked tokens (default); clm: GPT-2, predict every next token")
+    p.add_argument("--preset", default=None, choices=("tiny", "mini", "small", "gpt-tiny", "gpt-mini", "gpt-small"),
+                   help="model shape: tiny|mini|small for mlm (default mini), gpt-tiny|gpt-mini|gpt-small for clm "
+                        "(default gpt-mini)")
     p.add_argument("--corpus", nargs="+", required=True, help="plain-text files (one paragraph per line) or GLUE TSVs")
     p.add_argument("--out", type=out_dir, required=True)
     length = p.add_mutually_exclusive_group()
@@ -65,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
     p.add_argument("--dropout", type=dropout_rate, default=0.0, help="hidden-state dropout while pretraining")
     p.add_argument("--mask-rate", type=mask_rate, default=0.15, help="share of the tokens to predict")
-    p.add_argument("--vocab", default=None, help="vocab.txt (or a folder with one); default: train WordPiece on the corpus")
+    p.add_argument("--vocab", default=None, help="vocab.txt (or a folder with one); default: train WordPiece on the "
+                   "corpus. clm: a folder with vocab.json + merges.txt; default: train byte-level BPE on the corpus")
     p.add_argument("--vocab-size", type=positive_int, default=8000)
     p.add_argument("--grad-accum", type=positive_int, default=1)
     p.add_argument("--eval-every", type=nonnegative_int, default=0, help="0: ten evaluations per run")
@@ -117,6 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+")
     _add_backend(p)
 
+    p = sub.add_parser("fill-mask", help="the MLM head's top-k tokens, with probabilities, at each [MASK]")
+    p.add_argument("--model", required=True, help="a folder with an MLM head (e.g. the output of pretrain)")
+    p.add_argument("text", help='a sentence with one or more [MASK], e.g. "the movie was [MASK] ."')
+    p.add_argument("--top-k", type=positive_int, default=5, help="tokens shown per [MASK] (default 5)")
+    _add_backend(p)
+
+    p = sub.add_parser("attention", help="attention maps of every layer and head, drawn into an image")
+    p.add_argument("--model", required=True, help="a BERT folder: pretrained, fine-tuned or bare encoder")
+    p.add_argument("--text", required=True)
+    p.add_argument("--out", required=True, help="the image to write, e.g. attn.png (its folder must exist)")
+    p.add_argument("--layer", type=nonnegative_int, default=None, help="draw only this layer (from 0)")
+    p.add_argument("--head", type=nonnegative_int, default=None, help="draw only this head (from 0)")
+    _add_backend(p)
+
+    p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model, the text streamed as it is produced")
+    p.add_argument("--model", required=True, help="a GPT-2 folder (save_pretrained) with vocab.json + merges.txt")
+    p.add_argument("--prompt", required=True, help="the text to continue ('' starts from <|endoftext|>)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=50)
+    p.add_argument("--temperature", type=nonnegative_float, default=None,
+                   help="sample with this temperature (0: greedy); without --temperature, --top-k or --top-p: greedy")
+    p.add_argument("--top-k", type=nonnegative_int, default=None, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling: the most likely tokens "
+                   "holding probability p (1: all)")
+    p.add_argument("--seed", type=random_seed, default=None, help="makes sampling reproducible")
+    _add_backend(p)
+
     p = sub.add_parser("bench", help="kernel benchmarks against PyTorch (see benchmarks/)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -145,9 +181,11 @@ def run(args) -> int:
     device = _setup_backend(args)
     if args.command == "pretrain":
         from .train.pretrain import PretrainArgs, pretrain
+        from .train.pretrain_clm import DEFAULT_PRESET
 
         result = pretrain(PretrainArgs(
-            corpus=args.corpus, out=args.out, preset=args.preset, steps=args.steps, minutes=args.minutes,
+            corpus=args.corpus, out=args.out, preset=args.preset or DEFAULT_PRESET[args.objective],
+            objective=args.objective, steps=args.steps, minutes=args.minutes,
             batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed, lr=args.lr, warmup=args.warmup,
             weight_decay=args.weight_decay, dropout=args.dropout, mask_rate=args.mask_rate, vocab=args.vocab,
             vocab_size=args.vocab_size,
@@ -184,12 +222,33 @@ def run(args) -> int:
 
         for r in predict(args.model, args.texts, device=device):
             print(f"{r['label']}\t{r['probability']:.3f}\t{r['text']}")
+    elif args.command == "fill-mask":
+        from .look import fill_mask, format_fill_mask, load_masked_lm
+
+        model, tok = load_masked_lm(args.model, device=device)
+        print(format_fill_mask(args.text, fill_mask(model, tok, args.text, args.top_k)))
+    elif args.command == "attention":
+        from .look import draw_attention
+
+        draw_attention(args.model, args.text, args.out, args.layer, args.head, device=device)
+        print(f"wrote {args.out}")
     elif args.command == "demo":
         from .train.demo import DemoArgs, demo
 
         demo(DemoArgs(out=args.out, minutes=args.minutes, pretrain_steps=args.pretrain_steps,
                       finetune_steps=args.finetune_steps, preset=args.preset, data=args.data, seed=args.seed,
                       device=device))
+    elif args.command == "generate":
+        from .models.generation import stream_generate
+
+        def write(text):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        stream_generate(args.model, args.prompt, write, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        device=device)
+        write("\n")
     elif args.command == "bench":
         import runpy
         from pathlib import Path

@@ -235,9 +235,22 @@ def encode_documents(docs, tok) -> TokenizedCorpus:
     as `encode_document` puts the [UNK] id between separately tokenized pieces. Any other tokenizer (duck
     typing: tokenize + convert_tokens_to_ids) goes document by document through `encode_document`.
 
+    A byte-level BPE tokenizer (GPT-2's, `minillm.bpe`; recognised by its `merges`) encodes each document
+    whole with its own `encode`: to it, whitespace is text (" word" and "word" are different tokens, a
+    newline is a token of its own) and every string has ids, so it has no unknown token to put for `<unk>`,
+    which stays the five characters WikiText wrote. Cutting the document at newlines and at `<unk>`, as
+    `encode_document` does for WordPiece (whose basic tokenizer drops whitespace anyway), would lose the
+    newlines and the spaces beside each `<unk>`.
+
     Args:
         docs: an iterable of documents (str); may be a tqdm-wrapped list.
     """
+    if encodes_whole_text(tok):
+        ids, ends = array("i"), array("q", [0])
+        for d in docs:
+            ids.extend(tok.encode(d))
+            ends.append(len(ids))
+        return TokenizedCorpus(np.frombuffer(ids, np.int32), np.frombuffer(ends, np.int64))
     if hasattr(tok, "batch_text_to_ids") and hasattr(tok, "unk_token"):
         unk = tok.unk_token
         ids, offsets = tok.batch_text_to_ids(d.replace(UNK_MARK, unk) for d in docs)
@@ -249,14 +262,26 @@ def encode_documents(docs, tok) -> TokenizedCorpus:
     return TokenizedCorpus(np.frombuffer(ids, np.int32), np.frombuffer(ends, np.int64))
 
 
+def encodes_whole_text(tok) -> bool:
+    """True for a byte-level BPE tokenizer (it has `merges`): see `encode_documents`."""
+    return getattr(tok, "merges", None) is not None and hasattr(tok, "encode")
+
+
 def tokenizer_digest(tok) -> str:
-    """SHA-256 of what decides a tokenizer's output: its vocabulary (token -> id) and its lower-casing /
-    accent-stripping flags when it has them."""
+    """SHA-256 of what decides a tokenizer's output: its vocabulary (token -> id), its lower-casing /
+    accent-stripping flags when it has them, and, for a BPE tokenizer, its merges in rank order and its
+    special tokens: two BPE tokenizers with the same vocabulary can still cut a word differently
+    (("a", "bc") and ("ab", "c") both make "abc"), so the vocabulary alone would let one read the other's
+    cached ids."""
     vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else getattr(tok, "vocab", None)
     if vocab is None:
         raise TypeError(f"{type(tok).__name__} has neither get_vocab() nor .vocab; cannot key the cache")
     flags = {k: getattr(tok, k, None) for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")}
-    blob = json.dumps([sorted(vocab.items(), key=lambda kv: kv[1]), flags, type(tok).__name__])
+    parts = [sorted(vocab.items(), key=lambda kv: kv[1]), flags, type(tok).__name__]
+    if encodes_whole_text(tok):  # appended only here, so a WordPiece digest (recorded by runs) is unchanged
+        parts.append({"merges": [list(m) for m in tok.merges],
+                      "special_tokens": list(getattr(tok, "special_tokens", []))})
+    blob = json.dumps(parts)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -100,6 +100,7 @@ class PretrainArgs:
     max_eval_rows: int = setting(positive_int, 256)
     sparse_head: bool = True
     device: str = "cpu"  # "cuda": the model, its optimizer and every batch on the GPU
+    objective: str = "mlm"  # "clm": GPT-2's next-token objective (pretrain_clm.py), with a gpt-* preset
 
     def __post_init__(self):
         check_settings(self)
@@ -108,8 +109,11 @@ class PretrainArgs:
                              "step count or a time budget (which fixes the step count), not both")
         if self.steps is None and self.minutes is None:
             self.steps = DEFAULT_STEPS
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+        from .pretrain_clm import check_clm_args, check_objective
+
+        check_objective(self.objective, self.preset, PRESETS)  # a preset of the objective's model family
+        if self.objective == "clm":
+            check_clm_args(self)
         check_out_dir(self.out)
         refuse_evaluation_files(self.corpus)
 
@@ -233,6 +237,10 @@ def budgeted_steps(out) -> int:
 
 def pretrain(args: PretrainArgs) -> dict:
     """Run MLM pretraining as `minillm pretrain` does; returns the final evaluation."""
+    if args.objective == "clm":
+        from .pretrain_clm import pretrain_clm
+
+        return pretrain_clm(args)
     from ..data import continuation_table, tokenizer_digest
     from ..tensor import manual_seed
     from .budget import plan_budget
