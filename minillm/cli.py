@@ -6,6 +6,8 @@
     minillm finetune --model DIR --train FILE --eval FILE --out DIR [--epochs E] [--lr LR] [--batch-size B]
     minillm evaluate --model DIR --data FILE [--zero-shot]   last stdout line: {"accuracy": a, "n": n}
     minillm predict  --model DIR TEXT [TEXT ...]
+    minillm fill-mask --model DIR TEXT [--top-k K]   the top-k tokens at each [MASK], with probabilities
+    minillm attention --model DIR --text TEXT --out FILE.png [--layer L] [--head H]   attention maps
     minillm bench                                  the kernel benchmark (benchmarks/kernels.py)
 
 Errors a user can act on (bad files, shapes, flags) are printed as one line `minillm: error: ...` with
@@ -123,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+")
     _add_backend(p)
 
+    p = sub.add_parser("fill-mask", help="the MLM head's top-k tokens, with probabilities, at each [MASK]")
+    p.add_argument("--model", required=True, help="a folder with an MLM head (e.g. the output of pretrain)")
+    p.add_argument("text", help='a sentence with one or more [MASK], e.g. "the movie was [MASK] ."')
+    p.add_argument("--top-k", type=positive_int, default=5, help="tokens shown per [MASK] (default 5)")
+    _add_backend(p)
+
+    p = sub.add_parser("attention", help="attention maps of every layer and head, drawn into an image")
+    p.add_argument("--model", required=True, help="a BERT folder: pretrained, fine-tuned or bare encoder")
+    p.add_argument("--text", required=True)
+    p.add_argument("--out", required=True, help="the image to write, e.g. attn.png (its folder must exist)")
+    p.add_argument("--layer", type=nonnegative_int, default=None, help="draw only this layer (from 0)")
+    p.add_argument("--head", type=nonnegative_int, default=None, help="draw only this head (from 0)")
+    _add_backend(p)
+
     p = sub.add_parser("bench", help="kernel benchmarks against PyTorch (see benchmarks/)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -192,6 +208,16 @@ def run(args) -> int:
 
         for r in predict(args.model, args.texts, device=device):
             print(f"{r['label']}\t{r['probability']:.3f}\t{r['text']}")
+    elif args.command == "fill-mask":
+        from .look import fill_mask, format_fill_mask, load_masked_lm
+
+        model, tok = load_masked_lm(args.model, device=device)
+        print(format_fill_mask(args.text, fill_mask(model, tok, args.text, args.top_k)))
+    elif args.command == "attention":
+        from .look import draw_attention
+
+        draw_attention(args.model, args.text, args.out, args.layer, args.head, device=device)
+        print(f"wrote {args.out}")
     elif args.command == "demo":
         from .train.demo import DemoArgs, demo
 

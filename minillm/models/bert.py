@@ -12,6 +12,11 @@ One encoder layer, with x of shape (B, T, C):
 where Attention splits C into H heads of size D and computes softmax(Q K^T / sqrt(D) + mask) V per head
 through `functional.scaled_dot_product_attention` (the fused kernel). What this file is not: no cross-
 attention, no key/value cache, no relative positions; BERT-as-encoder only.
+
+`output_attentions=True` (transformers' name) adds `.attentions` to the output: one (B, H, T, T) NumPy array
+of probabilities per layer. The fused kernel never stores them, so they are recomputed on the side from each
+layer's own Q and K with the reference softmax (`BertSelfAttention.attention_probs`); the forward pass itself
+is the same fused one either way.
 """
 from __future__ import annotations
 
@@ -20,9 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import kernels
+
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
-from ..backend import xp
+from ..backend import to_device, xp
 from ..tensor import Tensor, concatenate
 from .checkpoint import CheckpointMixin, PretrainedConfig
 from .outputs import Output, as_ids as _as_ids
@@ -152,6 +159,27 @@ class BertSelfAttention(Module):
         out = F.packed_attention(qkv, key_mask=key_mask)                                   # (B, H, T, D)
         return out.transpose(0, 2, 1, 3).reshape(B, T, C)                                # (B, T, C)
 
+    def attention_probs(self, x: Tensor, key_mask) -> np.ndarray:
+        """P = softmax(Q K^T / sqrt(D) + mask) per head: the (B, H, T, T) probabilities that the fused kernel
+        never materialises, recomputed from this layer's own projections for `output_attentions=True`.
+
+        Plain NumPy on the host (whatever the model's device) with the reference softmax, no gradient. A
+        masked key is -inf before the softmax, as in the kernel's convention, so its probability is exactly
+        0; a query row that sees no key at all is all zeros.
+        """
+        B, T, C = x.shape
+        H = self.num_heads
+        h = to_device(x.data, "cpu")                                                    # (B, T, C)
+
+        def heads(lin):  # (B, T, C) -> (B, H, T, D)
+            w, b = to_device(lin.weight.data, "cpu"), to_device(lin.bias.data, "cpu")
+            return (h @ w.T + b).reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+
+        q, k = heads(self.query), heads(self.key)                                       # (B, H, T, D)
+        scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / np.sqrt(C // H))               # (B, H, T, T)
+        mask = None if key_mask is None else to_device(key_mask, "cpu")[:, None, None, :]  # (B, 1, 1, T)
+        return kernels.get("numpy").softmax_fwd(scores.astype(h.dtype, copy=False), mask)
+
 
 _warned_attention_dropout = False
 
@@ -202,7 +230,9 @@ class BertLayer(Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSelfOutput(config, config.intermediate_size)
 
-    def forward(self, x: Tensor, key_mask) -> Tensor:
+    def forward(self, x: Tensor, key_mask, attentions: list | None = None) -> Tensor:
+        if attentions is not None:  # output_attentions: this layer's probabilities, computed on the side
+            attentions.append(self.attention.self.attention_probs(x, key_mask))        # (B, H, T, T)
         a = self.attention(x, key_mask)
         return self.output(self.intermediate(a), a)
 
@@ -211,9 +241,9 @@ class BertEncoder(Module):
     def __init__(self, config: BertConfig):
         self.layer = ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, x: Tensor, key_mask) -> Tensor:
+    def forward(self, x: Tensor, key_mask, attentions: list | None = None) -> Tensor:
         for layer in self.layer:
-            x = layer(x, key_mask)
+            x = layer(x, key_mask, attentions)
         return x
 
 
@@ -238,7 +268,8 @@ class BertPreTrainedModel(CheckpointMixin, Module):
 
 
 class BertModel(BertPreTrainedModel):
-    """The encoder: returns `.last_hidden_state` (B, T, C) and `.pooler_output` (B, C)."""
+    """The encoder: returns `.last_hidden_state` (B, T, C) and `.pooler_output` (B, C); with
+    `output_attentions=True` also `.attentions`, a tuple of one (B, H, T, T) NumPy array per layer."""
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         self.config = config
@@ -246,7 +277,8 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **unused) -> Output:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_attentions: bool = False, **unused) -> Output:
         device = self.embeddings.word_embeddings.weight.device
         ids = _as_ids(input_ids, "input_ids", device=device)
         B, T = ids.shape
@@ -261,10 +293,19 @@ class BertModel(BertPreTrainedModel):
             position_ids = m.broadcast_to(m.arange(T), (B, T))
         key_mask = None if attention_mask is None else \
             _as_ids(attention_mask, "attention_mask", ids.shape, device).astype(bool)
+        attentions = [] if output_attentions else None
         x = self.embeddings(ids, token_type_ids, position_ids)        # (B, T, C)
-        x = self.encoder(x, key_mask)                                 # (B, T, C)
+        x = self.encoder(x, key_mask, attentions)                     # (B, T, C)
         pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
-        return Output(last_hidden_state=x, pooler_output=pooled)
+        out = Output(last_hidden_state=x, pooler_output=pooled)
+        if output_attentions:
+            out["attentions"] = tuple(attentions)                     # per layer (B, H, T, T)
+        return out
+
+
+def _attentions_of(base: Output) -> dict:
+    """{"attentions": ...} when the encoder was asked for them, else {}: what a head passes on."""
+    return {"attentions": base["attentions"]} if "attentions" in base else {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,17 +356,19 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings.weight)
         self.sparse_head = sparse_head
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **unused) -> Output:
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, C)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions: bool = False, **unused) -> Output:
+        base = self.bert(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
+        hidden = base.last_hidden_state                                                # (B, T, C)
         head = self.cls.predictions
         if labels is not None and self.sparse_head:
             labels = _as_ids(labels, "labels", device=hidden.device).reshape(-1)         # (B*T,)
             rows = xp(labels).flatnonzero(labels != -100)                              # (M,)
             logits = head(hidden.reshape(-1, hidden.shape[-1])[rows])                # (M, C) -> (M, V)
-            return Output(logits=logits, loss=F.cross_entropy(logits, labels[rows]))
+            return Output(logits=logits, loss=F.cross_entropy(logits, labels[rows]), **_attentions_of(base))
         logits = head(hidden)                                                          # (B, T, V)
         loss = None if labels is None else F.cross_entropy(logits, _as_ids(labels, "labels", device=hidden.device))
-        return Output(logits=logits, loss=loss)
+        return Output(logits=logits, loss=loss, **_attentions_of(base))
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -338,8 +381,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.dropout = Dropout(p)
         self.classifier = Linear(config.hidden_size, config.num_labels, std=config.initializer_range)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **unused) -> Output:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, C)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                output_attentions: bool = False, **unused) -> Output:
+        base = self.bert(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
+        pooled = base.pooler_output                                                  # (B, C)
         logits = self.classifier(self.dropout(pooled))                               # (B, num_labels)
         loss = None
         if labels is not None:
@@ -349,4 +394,4 @@ class BertForSequenceClassification(BertPreTrainedModel):
                     f"labels must be in [0, {self.config.num_labels}), got values {sorted(set(labels.tolist()))[:10]}"
                 )
             loss = F.cross_entropy(logits, labels)
-        return Output(logits=logits, loss=loss)
+        return Output(logits=logits, loss=loss, **_attentions_of(base))
