@@ -36,6 +36,17 @@ def _add_backend(p):
                    help="cuda runs the cupy kernels on a GPU (needs pip install -e '.[gpu]')")
 
 
+def _add_distributed(p):
+    """Data parallel over MPI (minillm/train/distributed.py; docs/distributed.md)."""
+    p.add_argument("--ranks", type=positive_int, default=None,
+                   help="run as N processes under mpiexec (or start with `mpiexec -n N minillm ...`); --batch-size "
+                        "stays the global batch; needs pip install -e '.[dist]'")
+    p.add_argument("--zero", type=nonnegative_int, choices=(0, 1), default=0,
+                   help="1: ZeRO stage 1, the AdamW moments split across the ranks (default 0: replicated)")
+    p.add_argument("--bucket-mb", type=positive_float, default=25.0,
+                   help="gradients are summed over the ranks in flat buckets of this many MB (default 25)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minillm", description="BERT from the softmax up: pretrain, fine-tune, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-head", action="store_true", help="score every position, not only the masked ones")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     _add_backend(p)
+    _add_distributed(p)
 
     p = sub.add_parser("finetune", help="fine-tune a checkpoint for sentence classification")
     p.add_argument("--model", required=True)
@@ -108,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--resume", action="store_true")
     _add_backend(p)
+    _add_distributed(p)
 
     p = sub.add_parser("evaluate", help="accuracy, F1 and confusion matrix on a labelled TSV")
     p.add_argument("--model", required=True)
@@ -243,16 +256,22 @@ def main(argv=None) -> int:
         args = argparse.Namespace(command="bench", rest=argv[1:])
     else:
         args = parser.parse_args(argv)
+    from .train.distributed import finish, start_from_cli
+
     try:
+        if hasattr(args, "ranks"):  # pretrain, finetune: relaunched under mpiexec, or this rank set up
+            status = start_from_cli(args, argv)
+            if status is not None:
+                return status
         return run(args)
     except (ValueError, OSError, KeyError, IndexError, RuntimeError, FloatingPointError) as e:
         if os.environ.get("MINILLM_DEBUG"):
             raise
         print(f"minillm: error: {e}", file=sys.stderr)
-        return 2
+        return finish(2)  # under MPI: every rank stops, none waits for this one
     except KeyboardInterrupt:
         print("minillm: interrupted (the last checkpoint is intact; rerun with --resume)", file=sys.stderr)
-        return 130
+        return finish(130)
 
 
 if __name__ == "__main__":

@@ -222,8 +222,9 @@ def finetune(args: FinetuneArgs) -> dict:
 
     chosen, _ = load_classifier(args.out, device=args.device)  # the checkpoint the validation split chose
     final = {"eval_split": "dev", **evaluate_classifier(chosen, dev)}
-    with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:  # the one row scored on --eval
-        f.write(json.dumps({"step": trainer.step, "split": "eval", **final}) + "\n")
+    if trainer.comm.is_root:  # under MPI, rank 0 alone writes metrics.jsonl
+        with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:  # the one row scored on --eval
+            f.write(json.dumps({"step": trainer.step, "split": "eval", **final}) + "\n")
     print(f"finetune: {args.eval}: accuracy {final['accuracy']:.4f} of the checkpoint with the best validation "
           f"accuracy ({trainer.best:.4f} on {len(val_rows)} held-out training rows)")
     return {**final, "validation_accuracy": trainer.best, "validation_n": int(len(val_rows))}

@@ -22,6 +22,11 @@ resume whose settings differ is refused with the field, the old and the new valu
 `checkpoint_every` and `log_every` may change (and the caller leaves `out` and `resume` out of `run`). A
 data file may move, but not change.
 
+Data parallel (distributed.py): under `mpiexec -n N` each rank takes its rows of every global batch,
+the gradients are summed over ranks (each rank's loss weighted by its share of the batch's loss terms)
+before clipping, and rank 0 alone evaluates and writes (metrics.jsonl, checkpoints, the model, run.json,
+the progress bar). Train rows record `ranks`. With one process all of it is the identity.
+
 A time budget instead of a step count (`minillm pretrain --minutes M`) becomes a step count before the
 first step: see budget.py.
 
@@ -58,6 +63,7 @@ from tqdm.auto import tqdm
 from ..models.checkpoint import atomic_write, read_safetensors, write_safetensors
 from ..optim import AdamW, LinearWarmupDecay, clip_grad_norm
 from ..tensor import manual_seed
+from . import distributed
 from .checks import (check_out_dir, check_settings, nonnegative_float, nonnegative_int, positive_float,
                      positive_int, positive_or_inf, probability, random_seed, setting)
 from .device import check_device, on_device
@@ -110,18 +116,30 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
 
 
 def forward_backward(model, get_batch, step: int, seed: int, grad_accum: int, device: str,
-                     count_tokens: Callable) -> tuple[float, int]:
+                     count_tokens: Callable, parallel=None) -> tuple[float, int]:
     """The gradients of optimizer step `step` (summed over its grad_accum micro-batches, each loss scaled by
-    1 / grad_accum): returns (mean loss, input tokens). Dropout and data come from (seed, step) alone."""
+    1 / grad_accum): returns (mean loss, input tokens). Dropout and data come from (seed, step) alone.
+
+    parallel (distributed.DataParallel): this rank computes its rows of each micro-batch, its loss scaled by
+    its share of the micro-batch's loss terms; the loss returned is the whole batch's (summed over ranks),
+    the tokens those of the whole batch. The gradients are this rank's part until parallel.sync_gradients.
+    """
     model.train()
+    rank = parallel.comm.rank if parallel is not None else 0
     total, n_tokens = 0.0, 0
     for micro in range(grad_accum):
-        manual_seed(int(step_rng(seed, step, 1 + micro).integers(2**31)))  # dropout of this micro-batch
+        dropout = step_rng(seed, step, 1 + micro) if rank == 0 else np.random.default_rng([seed, step, 1 + micro, rank])
+        manual_seed(int(dropout.integers(2**31)))  # dropout of this micro-batch (each rank's own rows, own draw)
         batch = get_batch(step, micro, step_rng(seed, step, 100 + micro))
         n_tokens += count_tokens(batch)
+        batch, share = parallel.shard(batch) if parallel is not None else (batch, 1.0)
+        if share == 0.0:  # none of the batch's loss terms fell in this rank's rows
+            continue
         out = model(**on_device(batch, device))
-        (out.loss * (1.0 / grad_accum)).backward()
-        total += float(out.loss.item())
+        (out.loss * (share / grad_accum)).backward()
+        total += float(out.loss.item()) * share
+    if parallel is not None:
+        total = parallel.comm.sum(total)
     return total / grad_accum, n_tokens
 
 
@@ -136,8 +154,10 @@ def write_run_file(out_dir, record: dict, update: bool = False) -> Path:
     """Write `out_dir/run.json`: what the run was asked to do and how (its arguments, data digests,
     TrainConfig, ...), so that a run folder says what made it. update=True merges into the file there (a
     resumed run keeps what the first process recorded, such as a budget's measured plan): a None in
-    `record` never replaces a value."""
+    `record` never replaces a value. Under MPI only rank 0 writes."""
     path = make_out_dir(out_dir) / "run.json"
+    if not distributed.world().is_root:
+        return path
     if update and path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -164,17 +184,29 @@ class Trainer:
             checkpoint, and a resume with different ones is refused.
         clock_start: the time.perf_counter() reading at which this run's clock started (a budgeted run
             passes the start of its calibration); default: when fit() starts.
+        loss_terms: loss_terms(batch) -> how many terms the model's mean loss averages (default: labels that
+            are not -100), to weight each rank's loss under data parallelism (distributed.py).
     """
 
     def __init__(self, model, config: TrainConfig, out_dir, get_batch: Callable, evaluate: Callable,
                  save_model: Callable, count_tokens: Callable = lambda b: int(np.asarray(b["input_ids"]).size),
-                 desc: str = "train", run: dict | None = None, device: str = "cpu", clock_start: float | None = None):
+                 desc: str = "train", run: dict | None = None, device: str = "cpu", clock_start: float | None = None,
+                 loss_terms: Callable = distributed.loss_terms):
         self.model, self.config, self.out_dir = model, config, Path(out_dir)
         self.get_batch, self.evaluate, self.save_model, self.count_tokens = get_batch, evaluate, save_model, count_tokens
         self.desc, self.run = desc, run
         self.device = check_device(device)
         model.to(device)  # before the optimizer, whose moments are made where the parameters are
         self.optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+        # Data parallel (identity in one process): rank 0's weights everywhere, the same settings everywhere;
+        # under ZeRO-1 the optimizer becomes the sharded one.
+        opts = distributed.options()
+        self.parallel = distributed.DataParallel(self.optimizer, device=device, zero=opts["zero"],
+                                                 bucket_mb=opts["bucket_mb"], terms=loss_terms)
+        self.comm, self.optimizer = self.parallel.comm, self.parallel.optimizer
+        distributed.check_same_everywhere(self.comm, {"config": asdict(config), "run": run, "zero": opts["zero"]},
+                                          "the TrainConfig and run settings")
+        self.parallel.broadcast_parameters()
         self.schedule = LinearWarmupDecay(self.optimizer, config.warmup, config.steps)
         self.step = 0
         self.tokens_seen = 0                 # input tokens of every step so far (restored on resume)
@@ -207,13 +239,16 @@ class Trainer:
             self.clock_start = None   # the time before the crash is in elapsed_before
         if self.clock_start is None:
             self.clock_start = time.perf_counter()
-        log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step if resume else None)
+        root = self.comm.is_root  # under MPI, rank 0 alone logs and writes
+        log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step if resume else None) if root else _NoLog()
         if first_eval is not None and not resume:
             log.write(**{"step": 0, "split": "eval", "elapsed_minutes": round(self.elapsed_minutes(), 4),
                          **first_eval, "tokens_seen": 0})
         last_eval = {}
+        if root and (self.comm.size > 1 or self.parallel.zero):
+            tqdm.write(f"[{self.desc}] {self.parallel.describe()}")
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step", dynamic_ncols=True,
-                   disable=None)
+                   disable=None if root else True)
         tokens, t0 = 0, time.perf_counter()
         while self.step < cfg.steps:
             loss, n_tokens, grad_norm, skipped = self.train_step()
@@ -222,14 +257,15 @@ class Trainer:
             self.tokens_seen += n_tokens
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
             row = dict(step=self.step, split="train", loss=loss, lr=self.optimizer.param_groups[0]["lr"],
-                       grad_norm=grad_norm, tokens_per_s=round(rate, 1), **self.progress())
+                       grad_norm=grad_norm, tokens_per_s=round(rate, 1), ranks=self.comm.size, **self.progress())
             if skipped:
                 self.skipped_in_a_row += 1
                 log.write(**row, skipped=True)
                 what = "loss" if not math.isfinite(loss) else "gradient norm"
-                tqdm.write(f"[{self.desc}] step {self.step}: {what} is {loss if what == 'loss' else grad_norm}; "
-                           f"update skipped ({self.skipped_in_a_row} in a row, the run stops at "
-                           f"{cfg.max_skipped_steps})")
+                if root:
+                    tqdm.write(f"[{self.desc}] step {self.step}: {what} is {loss if what == 'loss' else grad_norm}; "
+                               f"update skipped ({self.skipped_in_a_row} in a row, the run stops at "
+                               f"{cfg.max_skipped_steps})")
                 if self.skipped_in_a_row >= cfg.max_skipped_steps:
                     bar.close()
                     raise FloatingPointError(
@@ -251,9 +287,11 @@ class Trainer:
         bar.close()
         if not last_eval:  # resumed a finished run: still evaluate once, as every run does
             last_eval = self.run_eval(log)
-        if cfg.best_metric is None:
-            self.save_model(self.out_dir)
-        plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", title=self.desc)
+        if root:
+            if cfg.best_metric is None:
+                self.save_model(self.out_dir)
+            plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", title=self.desc)
+        self.comm.barrier()  # every file in place before any rank goes on (fine-tuning reads the model back)
         return last_eval
 
     def train_step(self) -> tuple[float, int, float, bool]:
@@ -263,8 +301,10 @@ class Trainer:
         """
         cfg = self.config
         loss, n_tokens = forward_backward(self.model, self.get_batch, self.step, cfg.seed, cfg.grad_accum, self.device,
-                                          self.count_tokens)
-        grad_norm = float(clip_grad_norm(self.model.parameters(), cfg.max_grad_norm))
+                                          self.count_tokens, self.parallel if self.comm.size > 1 else None)
+        self.parallel.sync_gradients()  # summed over ranks (ZeRO-1: this rank's slice); nothing in one process
+        grad_norm = float(self.optimizer.clip_grad_norm(cfg.max_grad_norm) if self.parallel.zero  # global norm
+                          else clip_grad_norm(self.model.parameters(), cfg.max_grad_norm))
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         self.schedule.set_step(self.step)
         if not skipped:
@@ -276,16 +316,21 @@ class Trainer:
         from ..tensor import no_grad
 
         progress = self.progress()  # where the run stands, before the evaluation's own time
-        self.model.eval()
-        with no_grad():
-            result = self.evaluate(self.model)
+        root, result = self.comm.is_root, None
+        if root:  # rank 0 evaluates (the replicas are identical) and tells the others what it found
+            self.model.eval()
+            with no_grad():
+                result = self.evaluate(self.model)
+        result = self.comm.bcast_object(result)
         log.write(step=self.step, split="eval", **result, **progress)
-        tqdm.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
-                                                                   if isinstance(v, float)))
+        if root:
+            tqdm.write(f"[{self.desc}] step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                                                                       if isinstance(v, float)))
         metric = self.config.best_metric
         if metric is not None and (self.best is None or result[metric] > self.best):
             self.best = result[metric]
-            self.save_model(self.out_dir)  # the best model so far is the one in out_dir
+            if root:
+                self.save_model(self.out_dir)  # the best model so far is the one in out_dir
         return result
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -293,7 +338,10 @@ class Trainer:
         state = read_trainer_state(folder)
         return state is not None and (state.get("run_id") == self.run_id or folder.name in self._own_legacy)
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        opt = self.optimizer.state_dict()  # every rank: under ZeRO-1 this gathers the moments to rank 0
+        if not self.comm.is_root:
+            return None
         folder = self.out_dir / f"checkpoint-{self.step}"
         if folder.exists() and read_trainer_state(folder) is None:
             raise ValueError(f"{folder} is in the way of this run's checkpoint and minillm did not write it (no "
@@ -305,7 +353,6 @@ class Trainer:
         tmp.mkdir()
         try:
             write_safetensors(tmp / "model.safetensors", self.model.state_dict())  # refuses NaN / inf
-            opt = self.optimizer.state_dict()
             write_safetensors(tmp / "optimizer.safetensors", opt.pop("arrays") or {"_empty": np.zeros(0, np.float32)})
             state = {"step": self.step, "optimizer": opt, "best": self.best, "config": asdict(self.config),
                      "run": self.run, "run_id": self.run_id, "skipped_in_a_row": self.skipped_in_a_row,
@@ -348,3 +395,10 @@ class Trainer:
             self.run_id = state["run_id"]
         else:
             self._own_legacy.add(folder.name)
+
+
+class _NoLog:
+    """metrics.jsonl on every rank but 0: nothing is written."""
+
+    def write(self, **record) -> None:
+        pass
