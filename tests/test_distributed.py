@@ -174,7 +174,7 @@ def test_a_failing_rank_stops_the_job_and_resume_reproduces_the_run(corpus, one,
     with a message naming the rank (MPI Abort), not a hang. Resuming the run with 2 ranks replays the
     uninterrupted 2-rank run bit for bit (same ranks: the same sums in the same order); its checkpoint
     resumed by 1 process gives the losses of one process."""
-    script = tmp_path / "driver.py"
+    script = tmp_path / "failing_rank"  # a Python script (python runs it whatever its name)
     script.write_text(DRIVER.format(kind=kind, error=error))
     out = tmp_path / "run"
     res = run_ranks(2, pretrain_argv(corpus, out), script=str(script))
