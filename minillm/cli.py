@@ -8,6 +8,8 @@
     minillm predict  --model DIR TEXT [TEXT ...]
     minillm fill-mask --model DIR TEXT [--top-k K]   the top-k tokens at each [MASK], with probabilities
     minillm attention --model DIR --text TEXT --out FILE.png [--layer L] [--head H]   attention maps
+    minillm generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+                     [--seed S]                    GPT-2 continues the prompt, streamed to stdout
     minillm bench                                  the kernel benchmark (benchmarks/kernels.py)
 
 Errors a user can act on (bad files, shapes, flags) are printed as one line `minillm: error: ...` with
@@ -25,8 +27,8 @@ import sys
 
 
 from .train.checks import (classifier_length, dropout_rate, label_count, mask_rate, nonnegative_float, nonnegative_int,
-                           open_fraction, out_dir, positive_float, positive_int, random_seed, sequence_length,
-                           warmup_amount)
+                           open_fraction, out_dir, positive_float, positive_int, probability, random_seed,
+                           sequence_length, warmup_amount)
 
 
 def _add_backend(p):
@@ -152,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=nonnegative_int, default=None, help="draw only this head (from 0)")
     _add_backend(p)
 
+    p = sub.add_parser("generate", help="continue a prompt with a GPT-2 model, the text streamed as it is produced")
+    p.add_argument("--model", required=True, help="a GPT-2 folder (save_pretrained) with vocab.json + merges.txt")
+    p.add_argument("--prompt", required=True, help="the text to continue ('' starts from <|endoftext|>)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=50)
+    p.add_argument("--temperature", type=nonnegative_float, default=None,
+                   help="sample with this temperature (0: greedy); without --temperature, --top-k or --top-p: greedy")
+    p.add_argument("--top-k", type=nonnegative_int, default=None, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling: the most likely tokens "
+                   "holding probability p (1: all)")
+    p.add_argument("--seed", type=random_seed, default=None, help="makes sampling reproducible")
+    _add_backend(p)
+
     p = sub.add_parser("bench", help="kernel benchmarks against PyTorch (see benchmarks/)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -237,6 +251,17 @@ def run(args) -> int:
         demo(DemoArgs(out=args.out, minutes=args.minutes, pretrain_steps=args.pretrain_steps,
                       finetune_steps=args.finetune_steps, preset=args.preset, data=args.data, seed=args.seed,
                       device=device))
+    elif args.command == "generate":
+        from .models.generation import stream_generate
+
+        def write(text):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        stream_generate(args.model, args.prompt, write, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                        device=device)
+        write("\n")
     elif args.command == "bench":
         import runpy
         from pathlib import Path

@@ -14,9 +14,12 @@ causal (`scaled_dot_product_attention(..., causal=True)`: position i sees positi
 is GELU's tanh approximation (`gelu(x, approximate="tanh")`, as GPT-2 was trained), and the projections
 are GPT-2's `Conv1D`: a linear layer whose weight is stored (in, out), the transpose of `nn.Linear`'s.
 
-What this file is not: no key/value cache (every forward pass re-reads the whole sequence), no
-cross-attention, no `scale_attn_by_inverse_layer_idx`; the float32 engine does not need
-`reorder_and_upcast_attn`.
+Incremental decoding: with `use_cache=True` the forward pass also returns `past_key_values`, a `KVCache`
+holding every layer's keys and values; handing it back with only the new token(s) computes just their
+rows (see `KVCache`, docs/generation.md). `generate` (sampling in generation.py) is built on it.
+
+What this file is not: no cross-attention, no `scale_attn_by_inverse_layer_idx`; the float32 engine does
+not need `reorder_and_upcast_attn`.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from .. import functional as F
 from ..backend import xp
 from ..nn import Dropout, Embedding, LayerNorm, Module, ModuleList, Parameter
 from ..nn.layers import normal_init
-from ..tensor import Tensor
+from ..tensor import Tensor, is_grad_enabled
 from .checkpoint import CheckpointMixin, PretrainedConfig
 from .outputs import Output, as_ids
 
@@ -95,6 +98,9 @@ class GPT2Config(PretrainedConfig):
         for name in ("layer_norm_epsilon", "initializer_range"):
             if not is_real(getattr(self, name)) or not 0.0 < getattr(self, name) < float("inf"):
                 fail(name, "must be a positive number")
+        if self.model_type != "gpt2":
+            fail("model_type", "is not 'gpt2': this config describes another model family (a BERT checkpoint "
+                               "says 'bert'); load it with that family's class")
         if self.activation_function not in ACTIVATIONS:
             fail("activation_function", f"is not supported (one of {', '.join(ACTIVATIONS)})")
         if self.scale_attn_weights is not True:
@@ -163,13 +169,18 @@ class GPT2Attention(Module):
         self.resid_dropout = Dropout(config.resid_pdrop)
         self.dropout_p = config.attn_pdrop
 
-    def forward(self, x: Tensor, key_mask) -> Tensor:
+    def forward(self, x: Tensor, key_mask, cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
         B, T, C = x.shape
         H = self.num_heads
         qkv = self.c_attn(x).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)  # (B, T, 3C) -> (3, B, H, T, D)
         if self.training and self.dropout_p > 0:
             _warn_attention_dropout(self.dropout_p)
-        out = F.packed_attention(qkv, key_mask=key_mask, causal=True)              # (B, H, T, D)
+        if cache is None:
+            out = F.packed_attention(qkv, key_mask=key_mask, causal=True)          # (B, H, T, D)
+        else:  # the new keys and values go into the cache; the queries see all of it (past + new)
+            keys, values, key_mask, causal = cache.update(layer, qkv.data[1], qkv.data[2])  # (B, H, Tk, D)
+            out = F.scaled_dot_product_attention(qkv[0], Tensor(keys), Tensor(values), key_mask=key_mask,
+                                                 causal=causal)                    # (B, H, T, D)
         out = out.transpose(0, 2, 1, 3).reshape(B, T, C)                           # (B, T, C)
         return self.resid_dropout(self.c_proj(out))
 
@@ -208,9 +219,113 @@ class GPT2Block(Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.mlp = GPT2MLP(config)
 
-    def forward(self, x: Tensor, key_mask) -> Tensor:
-        x = x + self.attn(self.ln_1(x), key_mask)
+    def forward(self, x: Tensor, key_mask, cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), key_mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# the key/value cache
+class KVCache:
+    """`past_key_values`: the keys and values of every position seen so far, for every layer.
+
+    Decoding one token at a time, the token at position t needs the keys and values of positions 0..t in
+    every layer. They never change once computed (the mask is causal: a later token never alters an
+    earlier position), so each layer keeps them here and a step computes only the new token's row.
+
+    Layout: per layer one preallocated buffer for keys and one for values, each (B, H, capacity, D), and
+    one `mask` (B, capacity), True where a position holds a real token (False: padding, or not written
+    yet). A forward pass over T new tokens writes their keys and values at positions [L, L + T) and
+    attends over [0, L + T); then L = `get_seq_length()` grows by T.
+
+    Why buffers and not concatenation (what transformers' DynamicCache does): appending by concatenating
+    copies the whole cache and allocates a new array at every step, O(t) bytes at step t, O(T^2) over a
+    generation; writing into a buffer costs only the new row. The caller chooses the capacity (generate
+    knows prompt + max_new_tokens); a pass that would overflow it doubles the buffers (amortised O(1) per
+    position, as a Python list grows), up to `max_length` (n_positions).
+
+    A one-token step reads the whole buffer with the unwritten positions masked out, and no causal mask (a
+    single query's keys are all in its past): the buffer is contiguous, so the attention kernel reads it
+    in place and skips key tiles that are wholly masked, where a slice `[:, :, :L]` of it is not
+    contiguous and would be copied. Several tokens at once (the prompt) take the slice and the causal mask
+    aligned bottom-right (query i sees key j when j <= i + past; docs/design.md).
+
+    Indexing follows transformers' caches: `len(cache)` layers, `cache[i]` -> (keys, values) of layer i as
+    views (B, H, L, D), `to_legacy()` the tuple of those pairs, `from_legacy(pairs)` the other way.
+    The cache holds plain arrays, so no gradient flows through it: models refuse one while autograd records.
+    """
+
+    def __init__(self, num_layers: int, capacity: int = 0, max_length: int | None = None):
+        self.num_layers, self.capacity, self.max_length = num_layers, capacity, max_length
+        self.keys: list = [None] * num_layers    # (B, H, capacity, D) each, allocated by the first update
+        self.values: list = [None] * num_layers
+        self.mask = None                         # (B, capacity) bool
+        self.length = 0                          # positions written in every layer (L)
+        self.start = 0                           # where the forward pass in progress writes
+
+    @classmethod
+    def from_legacy(cls, pairs, max_length: int | None = None) -> "KVCache":
+        """A cache holding copies of transformers' legacy format: per layer a (keys, values) pair (B, H, L, D)."""
+        pairs = [tuple(Tensor(a).data if not isinstance(a, Tensor) else a.data for a in pair) for pair in pairs]
+        k0 = pairs[0][0]
+        cache = cls(len(pairs), capacity=k0.shape[2], max_length=max_length)
+        cache.extend(k0.shape[0], k0.shape[2], None, k0)
+        for i, (k, v) in enumerate(pairs):
+            cache.update(i, k, v)
+        return cache
+
+    def to_legacy(self) -> tuple:
+        return tuple(self[i] for i in range(self.num_layers))
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def __getitem__(self, layer: int) -> tuple:
+        L = self.length
+        return self.keys[layer][:, :, :L], self.values[layer][:, :, :L]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def extend(self, batch_size: int, T: int, attention_mask, like) -> None:
+        """Make room for T new positions (before the layers run); attention_mask: None or (B, L + T) bool,
+        the mask of every position so far, as transformers takes it. `like`: an array of the model's device."""
+        L, xp_ = self.length, xp(like)
+        if self.mask is not None and self.mask.shape[0] != batch_size:
+            raise ValueError(f"past_key_values holds a batch of {self.mask.shape[0]} sequences, input_ids has "
+                             f"{batch_size}")
+        if self.mask is None or L + T > self.capacity:
+            capacity = max(L + T, 2 * self.capacity)
+            capacity = min(capacity, self.max_length) if self.max_length else capacity
+            mask = xp_.zeros((batch_size, capacity), bool)
+            if self.mask is not None:
+                mask[:, :L] = self.mask[:, :L]
+                for store in (self.keys, self.values):
+                    for i, buf in enumerate(store):
+                        if buf is not None:
+                            store[i] = xp_.zeros(buf.shape[:2] + (capacity,) + buf.shape[3:], buf.dtype)
+                            store[i][:, :, :L] = buf[:, :, :L]
+            self.mask, self.capacity = mask, capacity
+        if attention_mask is None:
+            self.mask[:, L:L + T] = True
+        else:
+            self.mask[:, :L + T] = attention_mask
+        self.start, self.length = L, L + T
+
+    def update(self, layer: int, keys, values):
+        """Write one layer's new keys and values (B, H, T, D) at [start, start + T); return what the
+        attention reads: (keys, values, key_mask, causal) (see the class docstring for the two cases)."""
+        B, H, T, D = keys.shape
+        if self.keys[layer] is None:  # zeros, not empty: a masked key gets probability 0, and 0 * NaN is NaN
+            self.keys[layer] = xp(keys).zeros((B, H, self.capacity, D), keys.dtype)
+            self.values[layer] = xp(keys).zeros((B, H, self.capacity, D), keys.dtype)
+        k_buf, v_buf = self.keys[layer], self.values[layer]
+        k_buf[:, :, self.start:self.length] = keys
+        v_buf[:, :, self.start:self.length] = values
+        if T == 1:
+            return k_buf, v_buf, self.mask, False                        # (B, H, capacity, D), unwritten masked
+        L = self.length
+        return k_buf[:, :, :L], v_buf[:, :, :L], self.mask[:, :L], True  # (B, H, L, D)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,22 +352,51 @@ class GPT2Model(GPT2PreTrainedModel):
         self.h = ModuleList([GPT2Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, **unused) -> Output:
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                **unused) -> Output:
         """Args: input_ids (B, T) ints; attention_mask (B, T), 1 = a real token (padding is 0: no position
-        attends to it); position_ids (B, T), default 0 .. T-1."""
+        attends to it); position_ids (B, T), default 0 .. T-1.
+
+        Incremental decoding (transformers' arguments): use_cache=True returns `.past_key_values`, a
+        `KVCache` (updated in place on later calls); pass it back as `past_key_values` with only the new
+        tokens. Then attention_mask covers the past and the new tokens, (B, L + T), and position_ids
+        default to L .. L+T-1. A legacy tuple of per-layer (keys, values) pairs is accepted too (copied).
+        Only under `minillm.no_grad()`: the cache holds plain arrays, through which no gradient would flow.
+        """
         device = self.wte.weight.device
         ids = as_ids(input_ids, "input_ids", device=device)
         B, T = ids.shape
-        if T > self.config.n_positions:
-            raise ValueError(f"sequence length {T} exceeds n_positions {self.config.n_positions}")
-        position_ids = xp(ids).broadcast_to(xp(ids).arange(T), (B, T)) if position_ids is None else \
+        cache = None
+        if use_cache or past_key_values is not None:
+            if is_grad_enabled():
+                raise RuntimeError("use_cache / past_key_values: run under `with minillm.no_grad():` (the cache "
+                                   "holds plain arrays; no gradient would reach the past keys and values)")
+            cache = past_key_values if isinstance(past_key_values, KVCache) else \
+                KVCache(self.config.n_layer, max_length=self.config.n_positions) if past_key_values is None else \
+                KVCache.from_legacy(past_key_values, max_length=self.config.n_positions)
+        past = 0 if cache is None else cache.get_seq_length()
+        if past + T > self.config.n_positions:
+            raise ValueError(f"sequence length {past + T} ({past} cached + {T} new) exceeds n_positions "
+                             f"{self.config.n_positions}" if past else
+                             f"sequence length {T} exceeds n_positions {self.config.n_positions}")
+        position_ids = xp(ids).broadcast_to(xp(ids).arange(past, past + T), (B, T)) if position_ids is None else \
             as_ids(position_ids, "position_ids", ids.shape, device)
-        key_mask = None if attention_mask is None else \
-            as_ids(attention_mask, "attention_mask", ids.shape, device).astype(bool)
+        key_mask = None
+        if attention_mask is not None:
+            key_mask = as_ids(attention_mask, "attention_mask", device=device).astype(bool)
+            if tuple(key_mask.shape) != (B, past + T):
+                raise ValueError(f"attention_mask has shape {tuple(key_mask.shape)}, expected {(B, past + T)}: "
+                                 f"one entry per position, {past} cached + {T} new" if past else
+                                 f"attention_mask has shape {tuple(key_mask.shape)} but input_ids has shape {(B, T)}")
+        if cache is not None:
+            cache.extend(B, T, key_mask, ids)    # the cache's own mask now covers past + new positions
         x = self.drop(self.wte(ids) + self.wpe(position_ids))   # (B, T, C)
-        for block in self.h:
-            x = block(x, key_mask)                                # (B, T, C)
-        return Output(last_hidden_state=self.ln_f(x))
+        for layer, block in enumerate(self.h):
+            x = block(x, key_mask, cache, layer)                  # (B, T, C)
+        out = Output(last_hidden_state=self.ln_f(x))
+        if cache is not None:
+            out["past_key_values"] = cache
+        return out
 
 
 class GPT2LMHeadModel(GPT2PreTrainedModel):
@@ -268,8 +412,17 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         self.config = config
         self.transformer = GPT2Model(config)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, **unused) -> Output:
-        hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, C)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, past_key_values=None,
+                use_cache=False, logits_to_keep=0, **unused) -> Output:
+        """`logits_to_keep` (transformers' name): > 0 projects only the last that many positions onto the
+        vocabulary (generation needs the last one; for GPT-2 small the projection is 768 x 50,257, more
+        work per position than a block). past_key_values / use_cache: see GPT2Model.forward."""
+        base = self.transformer(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        hidden = base.last_hidden_state                                                     # (B, T, C)
+        if logits_to_keep:
+            if labels is not None:
+                raise ValueError("labels score every position: pass logits_to_keep=0 with labels")
+            hidden = hidden[:, -logits_to_keep:]                                            # (B, k, C)
         logits = F.linear(hidden, self.transformer.wte.weight)                              # (B, T, V)
         loss = None
         if labels is not None:
@@ -279,4 +432,27 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
                 raise ValueError(f"labels has shape {tuple(labels.shape)} but input_ids has shape "
                                  f"{tuple(hidden.shape[:2])}; GPT-2's labels are the (B, T) token ids, shifted here")
             loss = F.cross_entropy(logits[:, :-1], labels[:, 1:])   # position t predicts token t + 1
-        return Output(logits=logits, loss=loss)
+        out = Output(logits=logits, loss=loss)
+        if "past_key_values" in base:
+            out["past_key_values"] = base.past_key_values
+        return out
+
+    def generate(self, input_ids, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, eos_token_id: int | None = None,
+                 use_cache: bool = True, streamer=None, attention_mask=None):
+        """Continue `input_ids` (B, T) by up to max_new_tokens tokens; returns (B, T + n) int64 ids (NumPy).
+
+        transformers' `generate`, for the options listed: greedy (argmax) by default; do_sample=True draws
+        from softmax(processed logits) after temperature, top-k and top-p (nucleus) filtering, with a NumPy
+        generator seeded by `seed` (None: minillm's default generator, see `minillm.manual_seed`). Stops
+        once every sequence has produced eos_token_id (None: the config's); finished rows are padded with
+        it. use_cache=False recomputes the whole sequence at every step (the slow reference).
+        `streamer`: an object with put(ids)/end() (transformers' protocol: the prompt first, then each
+        step's (B,) ids) or a callable given each step's (B,) ids. The steps, the formulas and the cache
+        are in generation.py and docs/generation.md.
+        """
+        from .generation import generate
+
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id,
+                        use_cache=use_cache, streamer=streamer, attention_mask=attention_mask)
