@@ -2,7 +2,6 @@
 and zero-shot classification by prompting the causal LM; all on small generated text, in seconds."""
 import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -221,7 +220,8 @@ def test_no_weight_decay_on_gpt2_layernorm_and_biases():
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(
         n for n, p in model.named_parameters() if n.endswith("bias") or ".ln_" in n)
-    assert all(p.ndim == 2 for p in decay["params"]) and "transformer.wte.weight" in {names[id(p)] for p in decay["params"]}
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert "transformer.wte.weight" in {names[id(p)] for p in decay["params"]}
 
 
 # -- zero-shot ---------------------------------------------------------------------------------------------------
