@@ -261,3 +261,25 @@ def test_zero_shot_scores_are_the_label_word_probabilities(corpus):
     assert encode_prompts(tok, ["x y z"], prompt)[0][0] == tok.eos_token_id
     cut = encode_prompts(tok, ["the movie film story plot"], prompt, max_length=6)[0]
     assert len(cut) == 6 and cut[-3:] == tok.encode(" so it was")[-3:]  # the sentence loses its start, never the prompt
+
+
+def test_the_study_fits_its_ngram_on_the_rows_the_run_trained_on(corpus, tmp_path, monkeypatch):
+    """benchmarks/clm_study.py rebuilds the rows the transformer saw (for the n-gram at equal data) from the
+    run's seed and batch order; here they are compared with the rows get_batch really handed out, over more
+    than one epoch."""
+    import importlib.util
+
+    from minillm.train import pretrain_clm
+
+    spec = importlib.util.spec_from_file_location("clm_study", pretrain_clm.__file__.replace(
+        "minillm/train/pretrain_clm.py", "benchmarks/clm_study.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    taken, real = [], pretrain_clm.clm_batch
+    monkeypatch.setattr(pretrain_clm, "clm_batch", lambda rows: taken.append(np.array(rows)) or real(rows))
+    args = args_for(corpus, tmp_path, steps=4, grad_accum=2, batch_size=48, checkpoint_every=0, eval_every=4)
+    pretrain(args)
+    train_rows, _ = clm_rows(args.corpus, ByteLevelBPETokenizer.from_pretrained(tmp_path), 32, 0.02, 0, 256)
+    seen = np.concatenate(taken[:8])                       # 4 steps x 2 micro-batches; then the evaluation's rows
+    assert len(train_rows) // 48 < 8                       # more than one epoch, so the second permutation counts
+    np.testing.assert_array_equal(seen, train_rows[study.seen_row_indices(len(train_rows), 48, 8, 0)])
