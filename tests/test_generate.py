@@ -180,8 +180,12 @@ def test_top_k_equals_transformers(logits, k, torch, transformers):
     np.testing.assert_array_equal(got, want)
 
 
-@given(logits=st.tuples(st.integers(1, 4), st.sampled_from([1, 2, 3, 7, 31, 67])).flatmap(
-    lambda s: arrays(s, kind="normal")), p=st.sampled_from([0.0, 1e-6, 0.1, 0.5, 0.9, 0.95, 0.999, 1.0]) | st.floats(0, 1))
+DISTINCT_LOGITS = st.tuples(st.integers(1, 4), st.sampled_from([1, 2, 3, 7, 31, 67])).flatmap(
+    lambda s: arrays(s, kind="normal"))
+TOP_P = st.sampled_from([0.0, 1e-6, 0.1, 0.5, 0.9, 0.95, 0.999, 1.0]) | st.floats(0, 1)
+
+
+@given(logits=DISTINCT_LOGITS, p=TOP_P)
 def test_top_p_equals_transformers(logits, p, torch, transformers):
     """Distinct logits (which of several tied tokens falls off the boundary is the order of a sort, not the
     formula). The kept set holds probability >= p, and dropping its least likely member would not."""
@@ -369,3 +373,60 @@ def test_cli_generate_refuses_a_bert_folder_a_long_prompt_and_bad_numbers(saved_
 def test_a_gpt2_config_refuses_another_family_s_model_type():
     with pytest.raises(ValueError, match="model_type = 'bert' is not 'gpt2'"):
         mm.GPT2Config(model_type="bert")
+
+
+# --------------------------------------------------------------------------------------------------
+# the benchmark's method (benchmarks/generate_speed.py), with fake workers: no model is run
+def fake_generation_worker(tokens_of):
+    """A stand-in for one worker process: the tokens each mode produced, fixed times per mode."""
+    calls = []
+    seconds = {"cache": 1.0, "full": 8.0, "torch": 2.0}
+
+    def run_worker(script, argv, engine, threads, timeout=None):
+        mode, shape = argv[-2:]
+        calls.append((mode, shape, engine))
+        return dict(engine=engine, mode=mode, shape=shape, machine={"matmul_gflops": 100.0}, blas="test",
+                    times=[seconds[mode]], first_s=0.1, tokens=tokens_of(mode), minillm_version="test",
+                    versions="test", profile={"total_s": 1.0, "profiled_s": 1.0, "groups": {"matmul (BLAS)": 1.0}},
+                    head_s=1e-3, params=10)
+
+    return calls, run_worker
+
+
+def test_generation_benchmark_rotates_engines_in_their_own_processes(monkeypatch):
+    from benchmarks import _harness as H
+    from benchmarks import generate_speed as G
+
+    calls, fake = fake_generation_worker(lambda mode: list(range(40)))
+    monkeypatch.setattr(H, "run_worker", fake)
+    data = G.collect(G.parse_args(["--rounds", "3", "--shapes", "small", "--new-tokens", "40"]))
+    assert len(calls) == 3 * 3, "rounds x engines, one process each"
+    assert [c[0] for c in calls[::3]] == ["cache", "full", "torch"], "each engine goes first once"
+    assert {c[2] for c in calls if c[0] == "torch"} == {"torch"} and {c[2] for c in calls if c[0] != "torch"} == \
+        {"minillm"}, "each engine's process gets its own settings"
+    r = data["results"][0]
+    assert r["cache"]["tokens_per_s"] == pytest.approx(40.0) and r["cache_vs_full"] == pytest.approx(8.0)
+    assert r["cache_vs_torch"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("wrong, match", [("full", "differs from the cached one"), ("torch", "agree on only 3")])
+def test_generation_benchmark_refuses_engines_that_disagree(wrong, match, monkeypatch):
+    from benchmarks import _harness as H
+    from benchmarks import generate_speed as G
+
+    _, fake = fake_generation_worker(lambda mode: [0, 1, 2] + [9 if mode == wrong else 5] * 37)
+    monkeypatch.setattr(H, "run_worker", fake)
+    with pytest.raises(SystemExit, match=match):
+        G.collect(G.parse_args(["--rounds", "1", "--shapes", "small", "--new-tokens", "40"]))
+
+
+def test_generation_results_start_with_the_command_that_regenerates_them():
+    import json
+    import re
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    first = (results / "generate.md").read_text(encoding="utf-8").splitlines()[0]
+    m = re.fullmatch(r"Regenerate: `(python benchmarks/generate_speed\.py[^`]*)`", first)
+    assert m, f"generate.md starts with {first!r}"
+    assert json.loads((results / "generate.json").read_text())["command"] == m.group(1)
