@@ -56,9 +56,11 @@ def test_cached_logits_match_the_full_forward(backend):
             out = model(ids[:, t0:t1], past_key_values=cache, use_cache=True)
             assert out.past_key_values is cache and cache.get_seq_length() == t1
             rows.append(out.logits.data)
-    # float32 rounding only: the same products, summed in another order (BLAS blocks a (1, C) row and a
-    # (T, C) block differently; the attention tiles see other masked entries). Measured <= 7e-8 on logits
-    # up to ~10; a wrong position id or a key read from the wrong slot moves them by > 1e-2.
+    # float32 rounding only: the same products summed in another order (BLAS blocks a (1, C) row and a
+    # (T, C) block differently; one query attends by two matmuls around the softmax kernel, the full pass by
+    # the tiled kernel). Measured <= 9e-6 on logits up to 9.3 (about 8 float32 ulps there: weights of std
+    # 0.5 amplify rounding), so 2e-5 leaves 2x; positions not continued from the cache, keys written at the
+    # wrong offset or the cache's mask left out each fail it (checked).
     assert_close(np.concatenate(rows, axis=1), full, atol=2e-5, rtol=2e-6, name="cached logits")
 
 
@@ -76,7 +78,7 @@ def test_the_cache_grows_past_its_capacity_and_keeps_its_contents():
         legacy = cache.to_legacy()
         assert len(legacy) == model.config.n_layer and legacy[0][0].shape == (1, 3, 8, 8)   # (B, H, L, D)
         rows.append(model(ids[:, 8:], past_key_values=legacy, use_cache=True).logits.data)
-    # as above: float32 summation order only
+    # as above: float32 summation order only (the same bound)
     assert_close(np.concatenate(rows, axis=1), full, atol=2e-5, rtol=2e-6, name="logits through growth")
 
 
@@ -197,9 +199,10 @@ def test_top_p_equals_transformers(logits, p, torch, transformers):
     assert kept.any(axis=-1).all()
     mass = (probs * kept).sum(-1)
     least = np.where(kept, probs, np.inf).min(-1)
-    # 1e-6: float32 cumulative sums (transformers' and ours) against these float64 probabilities
-    assert ((mass >= p - 1e-6) | (kept.sum(-1) == logits.shape[-1])).all()
-    assert ((mass - least < p + 1e-6) | (kept.sum(-1) == 1)).all()
+    # 5e-6: the filters decide on float32 cumulative sums of at most 67 probabilities, each off from these
+    # float64 ones by at most 67 * 2^-24 = 4e-6 of the total (1)
+    assert ((mass >= p - 5e-6) | (kept.sum(-1) == logits.shape[-1])).all()
+    assert ((mass - least < p + 5e-6) | (kept.sum(-1) == 1)).all()
 
 
 # --------------------------------------------------------------------------------------------------
