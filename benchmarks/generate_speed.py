@@ -140,13 +140,19 @@ def profile_minillm(model, ids, n: int) -> dict:
     t0 = time.perf_counter()
     prof.runcall(model.generate, ids, max_new_tokens=n)
     total = time.perf_counter() - t0
-    groups = {"matmul (BLAS)": 0.0, "attention kernel": 0.0, "layernorm kernel": 0.0, "gelu kernel": 0.0,
+    groups = {"projections and head (BLAS)": 0.0, "one query's attention (two matmuls, softmax kernel)": 0.0,
+              "attention kernel (the prompt)": 0.0, "layernorm kernel": 0.0, "gelu kernel": 0.0,
               "sampling (argmax)": 0.0}
     stats = pstats.Stats(prof).stats
     for (path, _, name), (_, _, tottime, _, _) in stats.items():
-        if path.endswith(os.path.join("minillm", "functional.py")) and name == "forward" and tottime > 0:
-            groups["matmul (BLAS)"] += tottime     # Linear.forward: only the matmul and the bias add
-        for family in ("attention", "layernorm", "gelu"):
+        if path.endswith(os.path.join("minillm", "functional.py")) and name == "forward":
+            groups["projections and head (BLAS)"] += tottime   # Linear.forward: the matmul and the bias add
+        if (path.endswith(os.path.join("minillm", "tensor.py")) and name == "__matmul__") or \
+                os.path.join("kernels", "softmax") in path:    # Tensor @ is used by the one-query attention only
+            groups["one query's attention (two matmuls, softmax kernel)"] += tottime
+        if os.path.join("kernels", "attention") in path:
+            groups["attention kernel (the prompt)"] += tottime
+        for family in ("layernorm", "gelu"):
             if os.path.join("kernels", family) in path:
                 groups[f"{family} kernel"] += tottime
         if name == "next_tokens" or "argmax" in name:
@@ -320,18 +326,20 @@ def write(args, data: dict) -> None:
               "run is faster). Goals: cache / full >= 5x, cache / transformers >= 1.0x.", "",
               "## Where a cached generation's time goes (minillm)", "",
               "One more cached generation in the cache worker under cProfile (own time per function, grouped; the "
-              "profiler's overhead lands in 'everything else'); the least disturbed of the rounds. At batch 1 a step "
+              "profiler's overhead, about the difference between the profiled and the timed seconds, lands in "
+              "'everything else'); the least disturbed of the rounds. At batch 1 a step "
               "reads every weight once: the weight bytes / step time is the bandwidth a step achieves "
               "(compare the memory line above; weights that fit in the last-level cache may exceed it).", "",
-              "| shape | profiled s | " + " | ".join(next(iter(data["results"]))["profile"]["groups"]) +
+              "| shape | timed s (no profiler) | profiled s | "
+              + " | ".join(next(iter(data["results"]))["profile"]["groups"]) +
               " | weights MB | weights read per second at the cached speed, GB/s | vocabulary head alone, ms "
               "(share of a cached step) |",
-              "| --- | --- | " + " | ".join("---" for _ in next(iter(data["results"]))["profile"]["groups"]) +
+              "| --- | --- | --- | " + " | ".join("---" for _ in next(iter(data["results"]))["profile"]["groups"]) +
               " | --- | --- | --- |"]
     for r in data["results"]:
         p = r["profile"]
         step_s = r["cache"]["gen_s"]["median"] / n
-        lines.append(f"| {r['shape']} | {p['total_s']:.2f} | " + " | ".join(
+        lines.append(f"| {r['shape']} | {r['cache']['gen_s']['median']:.2f} | {p['total_s']:.2f} | " + " | ".join(
             f"{v:.2f} ({v / p['profiled_s']:.0%})" for v in p["groups"].values()) +
             f" | {r['weight_bytes'] / 2**20:.0f} | {r['weight_bytes'] / step_s / 1e9:.1f} "
             f"| {r['head_s'] * 1e3:.2f} ({r['head_s'] / step_s:.0%}) |")
