@@ -214,7 +214,8 @@ def architecture_key(model_dir: Path) -> str:
     """What the random-weight baseline depends on: the architecture fields of config.json and vocab.txt."""
     config = json.loads((model_dir / "config.json").read_text())
     shape = {k: config.get(k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                        "intermediate_size", "max_position_embeddings", "type_vocab_size")}
+                                        "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                                        "attention_bias")}
     h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
     h.update((model_dir / "vocab.txt").read_bytes())
     return h.hexdigest()[:12]

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=nonnegative_int, default=0, help="0: ten evaluations per run")
     p.add_argument("--checkpoint-every", type=nonnegative_int, default=200, help="0: only at the end")
     p.add_argument("--whole-word", action="store_true", help="whole-word masking")
+    p.add_argument("--alibi", action="store_true",
+                   help="add ALiBi's -m_h |i - j| to the attention scores (leaves the word-order plateau early; "
+                        "transformers cannot load the result)")
     p.add_argument("--dense-head", action="store_true", help="score every position, not only the masked ones")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     _add_backend(p)
@@ -203,7 +206,8 @@ def run(args) -> int:
             weight_decay=args.weight_decay, dropout=args.dropout, mask_rate=args.mask_rate, vocab=args.vocab,
             vocab_size=args.vocab_size,
             grad_accum=args.grad_accum, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            whole_word=args.whole_word, resume=args.resume, sparse_head=not args.dense_head, device=device))
+            whole_word=args.whole_word, alibi=args.alibi, resume=args.resume, sparse_head=not args.dense_head,
+            device=device))
         print(json.dumps(result))
     elif args.command == "finetune":
         from .train.finetune import FinetuneArgs, finetune

@@ -199,6 +199,34 @@ def packed_attention(qkv: Tensor, key_mask=None, causal: bool = False, scale: fl
     return PackedAttention.apply(qkv, key_mask=key_mask, causal=causal, scale=scale)
 
 
+def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias, key_mask=None, scale: float | None = None) -> Tensor:
+    """softmax(Q K^T * scale + bias, masked) V, written out: two batched matmuls around the softmax kernel.
+
+    For an additive, constant bias per (head, query, key) such as ALiBi's -m_h |i - j| (models/bert.py),
+    which the fused kernel does not take. It materialises the (B, H, Tq, Tk) scores, so it costs
+    O(B H Tq Tk) memory where the fused kernel keeps one row in registers; the gradient flows through
+    matmul and the softmax kernel's own backward (the bias has none).
+
+    Args:
+        q: (B, H, Tq, D); k, v: (B, H, Tk, D).
+        bias: array broadcastable to (B, H, Tq, Tk), on the same device as q.
+        key_mask: (B, Tk) bool or 0/1 ints, True = may be attended to; a row with no key left gives zeros.
+    Returns:
+        (B, H, Tq, D)
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"biased_attention: expected q (B, H, Tq, D) and k, v (B, H, Tk, D); got "
+                         f"q {q.shape}, k {k.shape}, v {v.shape}")
+    scale = 1.0 / float(q.shape[3]) ** 0.5 if scale is None else scale
+    scores = (q @ k.swapaxes(-1, -2)) * scale + bias                  # (B, H, Tq, Tk)
+    mask = None
+    if key_mask is not None:
+        key_mask = key_mask.data if isinstance(key_mask, Tensor) else key_mask
+        mask = xp(key_mask).asarray(key_mask).astype(bool, copy=False)[:, None, None, :]  # (B, 1, 1, Tk)
+        mask = xp(mask).ascontiguousarray(xp(mask).broadcast_to(mask, scores.shape))
+    return softmax(scores, mask=mask) @ v                             # (B, H, Tq, D)
+
+
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     """Mean over non-ignored rows of -log softmax(logits)[target]; logits (..., V), targets (...) ints."""
     targets = targets.data if isinstance(targets, Tensor) else targets

@@ -11,7 +11,18 @@ One encoder layer, with x of shape (B, T, C):
 
 where Attention splits C into H heads of size D and computes softmax(Q K^T / sqrt(D) + mask) V per head
 through `functional.scaled_dot_product_attention` (the fused kernel). What this file is not: no cross-
-attention, no key/value cache, no relative positions; BERT-as-encoder only.
+attention, no key/value cache; BERT-as-encoder only.
+
+One option departs from BERT, and transformers cannot load a checkpoint that uses it: `attention_bias =
+"alibi"` adds -m_h |i - j| to head h's attention scores (Press et al. 2022, "Train short, test long"),
+with slopes m_h = 2^(1 - 2h), h = 1..H (0.5 and 0.125 for two heads: steeper than the paper's 2^(-8h/H),
+for rows of 128 tokens). The learned positions stay. Why: a small BERT trained from scratch on a laptop
+budget stalls on a plateau where its attention ignores word order (every query looks at the same few
+keys, a bag of words) and masked-token accuracy stays near the unigram level; the bias makes a head look
+at its neighbours from the first step, and the plateau is left within a few hundred steps (the
+measurements are in benchmarks/results/pretraining.md). The biased scores take `functional.biased_attention`,
+the attention written out around the softmax kernel, since the fused kernel takes no bias. Such a config
+is saved with model_type "minillm-bert-alibi", which transformers' AutoConfig refuses by name.
 
 `output_attentions=True` (transformers' name) adds `.attentions` to the output: one (B, H, T, T) NumPy array
 of probabilities per layer. The fused kernel never stores them, so they are recomputed on the side from each
@@ -35,6 +46,23 @@ from .checkpoint import CheckpointMixin, PretrainedConfig
 from .outputs import Output, as_ids as _as_ids
 
 
+ALIBI_MODEL_TYPE = "minillm-bert-alibi"
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """(H,) float32: m_h = 2^(1 - 2h) for h = 1..H (0.5, 0.125, 0.031, ...): head 1 looks at its immediate
+    neighbours, the last ones almost anywhere."""
+    return (2.0 ** (1 - 2 * np.arange(1, num_heads + 1))).astype(np.float32)
+
+
+def alibi_bias(num_heads: int, t_q: int, t_k: int) -> np.ndarray:
+    """(H, Tq, Tk) float32: -m_h |i - j|, query i and key j counted from the end (so Tq < Tk aligns
+    the queries with the last keys, as the causal convention does)."""
+    i = np.arange(t_q)[:, None] + (t_k - t_q)   # (Tq, 1)
+    j = np.arange(t_k)[None, :]                 # (1, Tk)
+    return -alibi_slopes(num_heads)[:, None, None] * np.abs(i - j).astype(np.float32)[None]
+
+
 @dataclass
 class BertConfig(PretrainedConfig):
     """The hyper-parameters, with the field names of Hugging Face's config.json."""
@@ -54,12 +82,15 @@ class BertConfig(PretrainedConfig):
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
-    model_type: str = "bert"
+    model_type: str = "bert"                # "minillm-bert-alibi" when attention_bias = "alibi"
+    attention_bias: str | None = None       # None (BERT) or "alibi"; see the module docstring
     architectures: list | None = None
     id2label: dict | None = None
     extra: dict = field(default_factory=dict, repr=False)  # unknown config.json keys, kept for round trips
 
     def __post_init__(self):
+        if self.attention_bias == "alibi" and self.model_type == "bert":
+            self.model_type = ALIBI_MODEL_TYPE  # so that transformers refuses it instead of dropping the bias
         if self.id2label is not None:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
             self.num_labels = len(self.id2label)
@@ -103,6 +134,11 @@ class BertConfig(PretrainedConfig):
             fail("pad_token_id", f"must be a token id in [0, vocab_size = {self.vocab_size})")
         if self.hidden_act not in ("gelu",):
             fail("hidden_act", "is not supported (only 'gelu', the exact erf form BERT uses)")
+        if self.attention_bias not in (None, "alibi"):
+            fail("attention_bias", "is not supported (None, or 'alibi')")
+        expected = ALIBI_MODEL_TYPE if self.attention_bias == "alibi" else "bert"
+        if self.model_type != expected:
+            fail("model_type", f"does not go with attention_bias = {self.attention_bias!r} (expected {expected!r})")
         if self.extra.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"BertConfig: position_embedding_type = {self.extra['position_embedding_type']!r} is "
                              "not supported (only 'absolute' learned positions)")
@@ -111,6 +147,8 @@ class BertConfig(PretrainedConfig):
         """PretrainedConfig's, with id2label's keys as strings and label2id derived from it (as HF writes)."""
         d = super().to_dict()
         d.pop("label2id", None)  # an old label2id read into `extra` would contradict id2label
+        if d.get("attention_bias") is None:  # a plain BERT's config.json stays exactly Hugging Face's
+            d.pop("attention_bias", None)
         if "id2label" in d:
             d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
             d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
@@ -146,6 +184,7 @@ class BertSelfAttention(Module):
         self.key = Linear(C, C, std=std)
         self.value = Linear(C, C, std=std)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.alibi = config.attention_bias == "alibi"
 
     def forward(self, x: Tensor, key_mask) -> Tensor:
         B, T, C = x.shape
@@ -156,7 +195,11 @@ class BertSelfAttention(Module):
         qkv = F.linear(x, w, b).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)     # (3, B, H, T, D)
         if self.training and self.dropout_p > 0:
             _warn_attention_dropout(self.dropout_p)
-        out = F.packed_attention(qkv, key_mask=key_mask)                                   # (B, H, T, D)
+        if self.alibi:  # the bias -m_h |i - j| goes through the written-out attention
+            bias = to_device(alibi_bias(H, T, T), x.device)                                # (H, T, T)
+            out = F.biased_attention(qkv[0], qkv[1], qkv[2], bias, key_mask=key_mask)      # (B, H, T, D)
+        else:
+            out = F.packed_attention(qkv, key_mask=key_mask)                               # (B, H, T, D)
         return out.transpose(0, 2, 1, 3).reshape(B, T, C)                                # (B, T, C)
 
     def attention_probs(self, x: Tensor, key_mask) -> np.ndarray:
@@ -177,6 +220,8 @@ class BertSelfAttention(Module):
 
         q, k = heads(self.query), heads(self.key)                                       # (B, H, T, D)
         scores = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / np.sqrt(C // H))               # (B, H, T, T)
+        if self.alibi:
+            scores = scores + alibi_bias(H, T, T)
         mask = None if key_mask is None else to_device(key_mask, "cpu")[:, None, None, :]  # (B, 1, 1, T)
         return kernels.get("numpy").softmax_fwd(scores.astype(h.dtype, copy=False), mask)
 

@@ -96,6 +96,7 @@ class PretrainArgs:
     checkpoint_every: int = setting(nonnegative_int, 200)
     grad_accum: int = setting(positive_int, 1)
     whole_word: bool = False
+    alibi: bool = False          # attention_bias = "alibi" (models/bert.py): not loadable by transformers
     resume: bool = False
     max_eval_rows: int = setting(positive_int, 256)
     sparse_head: bool = True
@@ -138,15 +139,15 @@ def refuse_evaluation_files(paths, digests=None) -> None:
                              "sst2/train.tsv (its sentences only) and keep sst2/dev.tsv for evaluation")
 
 
-def preset_config(preset: str, vocab_size: int, seq_len: int, dropout: float = 0.0) -> BertConfig:
+def preset_config(preset: str, vocab_size: int, seq_len: int, dropout: float = 0.0, alibi: bool = False) -> BertConfig:
     """The BertConfig of a preset; `dropout` is hidden-state dropout (attention dropout is never applied by
-    the fused attention kernel, so it is 0)."""
+    the fused attention kernel, so it is 0); `alibi` adds ALiBi's distance bias to the attention scores."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     shape = PRESETS[preset]
     return BertConfig(vocab_size=vocab_size, intermediate_size=4 * shape["hidden_size"],
                       max_position_embeddings=max(128, seq_len), hidden_dropout_prob=dropout,
-                      attention_probs_dropout_prob=0.0, **shape)
+                      attention_probs_dropout_prob=0.0, attention_bias="alibi" if alibi else None, **shape)
 
 
 def build_tokenizer(args: PretrainArgs, documents: list[str]) -> BertTokenizer:
@@ -178,7 +179,7 @@ def prepare(args: PretrainArgs):
     # At most max_eval_rows, spread evenly over the held-out documents, so over every corpus file in turn.
     keep = np.linspace(0, len(eval_rows) - 1, min(len(eval_rows), args.max_eval_rows)).round().astype(np.int64)
     eval_rows = eval_rows[keep]
-    config = preset_config(args.preset, tok.vocab_size, args.seq_len, args.dropout)
+    config = preset_config(args.preset, tok.vocab_size, args.seq_len, args.dropout, args.alibi)
     return tok, config, train_rows, eval_rows
 
 
@@ -303,7 +304,7 @@ def pretrain(args: PretrainArgs) -> dict:
     print(f"pretrain: {args.preset} ({model.num_parameters() / 1e6:.2f}M parameters, vocab {tok.vocab_size}), "
           f"{n} train rows / {len(eval_rows)} eval rows of {args.seq_len} tokens, batch {b}, {steps} steps; lr "
           f"{args.lr:g}, warm-up {cfg.warmup} steps, weight decay {args.weight_decay:g}, dropout {args.dropout:g}, "
-          f"mask rate {args.mask_rate:g}{', whole words' if args.whole_word else ''}")
+          f"mask rate {args.mask_rate:g}{', whole words' if args.whole_word else ''}{', ALiBi' if args.alibi else ''}")
     result = trainer.fit(resume=args.resume, first_eval=first_eval)
     write_run_file(out, {"finished": {"step": trainer.step, "tokens_seen": trainer.tokens_seen,
                                       "elapsed_minutes": round(trainer.elapsed_minutes(), 4)}}, update=True)

@@ -55,7 +55,7 @@ GPT_PRESETS = {
 OBJECTIVES = ("mlm", "clm")
 DEFAULT_PRESET = {"mlm": "mini", "clm": "gpt-mini"}
 # MLM-only PretrainArgs fields and their defaults: a causal run refuses any other value.
-MLM_ONLY = {"mask_rate": ("--mask-rate", 0.15), "whole_word": ("--whole-word", False),
+MLM_ONLY = {"mask_rate": ("--mask-rate", 0.15), "whole_word": ("--whole-word", False), "alibi": ("--alibi", False),
             "sparse_head": ("--dense-head", True)}
 
 
