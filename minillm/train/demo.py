@@ -2,7 +2,8 @@
 
     1. find the data (--data DIR, MINILLM_DATA, the cache, or a verified download of SST-2 and WikiText-2)
        and check every file the run will read before the first step
-    2. pretrain a small BERT with masked-language modelling on WikiText-2 + SST-2 *training* sentences
+    2. pretrain a small BERT with masked-language modelling (with ALiBi, see models/bert.py) on the IMDb
+       unlabelled reviews when the data folder has them, WikiText-2 and the SST-2 *training* sentences
     3. zero-shot: classify SST-2 dev sentences through the cloze prompt "<sentence> it was [MASK] ."
     4. fine-tune the pretrained model on SST-2 train; and, for comparison, the same architecture from random
        weights with the same budget. Each run chooses its checkpoint on a validation split held out of
@@ -29,17 +30,17 @@ EXAMPLES = [
     "one of the most beautiful movies of the year",
 ]
 
-# Steps per minute, measured on a 2-core machine with the numba backend (evaluations included): pretraining
-# at batch 32 x 64 tokens, fine-tuning at batch 32 on SST-2's short, length-bucketed sentences.
-# (tiny measured in a full demo run: 380 and 1050 steps/min; mini and small scaled by their step times.)
-PRETRAIN_STEPS_PER_MINUTE = {"tiny": 350, "mini": 110, "small": 30}
+# Fine-tuning steps per minute, measured on a 2-core machine with the numba backend (evaluations included),
+# at batch 32 on SST-2's short, length-bucketed sentences (tiny measured in a full demo run: 1050 steps/min;
+# mini and small scaled by their step times). Pretraining measures its own rate (`pretrain --minutes`).
 FINETUNE_STEPS_PER_MINUTE = {"tiny": 1100, "mini": 320, "small": 100}
 # Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 6%) is
 # tokenizing, the zero-shot pass, evaluations and the report.
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.62, 0.16
 # Corpora for MLM pretraining, in this order, relative to the data folder. Only text nobody evaluates on:
 # WikiText-2 (its train split when the folder has it) and the SST-2 *training* sentences (labels unused).
-PRETRAIN_CORPORA = ("wikitext2/train.txt", "wikitext2/valid.txt", "wikitext2/test.txt", "sst2/train.tsv")
+PRETRAIN_CORPORA = ("imdb/unsup.txt", "wikitext2/train.txt", "wikitext2/valid.txt", "wikitext2/test.txt",
+                    "sst2/train.tsv")
 # The files every run reads: checked before the first step.
 REQUIRED = ("sst2/train.tsv", "sst2/dev.tsv", "wikitext2/valid.txt", "wikitext2/test.txt")
 
@@ -56,9 +57,10 @@ class DemoArgs:
     device: str = "cpu"
 
 
-def step_budget(args: DemoArgs) -> tuple[int, int]:
-    """(pretraining steps, steps of each fine-tuning run): the overrides, or shares of args.minutes."""
-    pre = args.pretrain_steps or max(20, int(PRETRAIN_SHARE * args.minutes * PRETRAIN_STEPS_PER_MINUTE[args.preset]))
+def step_budget(args: DemoArgs) -> tuple[int | None, int]:
+    """(pretraining steps: the override or None, for a budget of PRETRAIN_SHARE * minutes that the run turns
+    into steps itself; steps of each fine-tuning run: the override or a share of args.minutes)."""
+    pre = args.pretrain_steps
     ft = args.finetune_steps or max(20, int(FINETUNE_SHARE * args.minutes * FINETUNE_STEPS_PER_MINUTE[args.preset]))
     return pre, ft
 
@@ -110,16 +112,20 @@ def demo(args: DemoArgs) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pre_steps, ft_steps = step_budget(args)
-    print(f"demo: data from {root}; pretraining {args.preset} for {pre_steps} steps on {', '.join(corpora)}; "
+    planned = f"{pre_steps} steps" if args.pretrain_steps else f"{PRETRAIN_SHARE * args.minutes:.1f} minutes"
+    print(f"demo: data from {root}; pretraining {args.preset} (ALiBi) for {planned} on {', '.join(corpora)}; "
           f"two fine-tuning runs of {ft_steps} steps")
 
     t = time.perf_counter()
+    # Without --pretrain-steps the pretraining share of the budget is a `--minutes` run: the step rate is
+    # measured on this machine and the schedule laid over the steps that fit. ALiBi: see models/bert.py.
+    budget = dict(steps=args.pretrain_steps) if args.pretrain_steps else dict(minutes=PRETRAIN_SHARE * args.minutes)
     pre = pretrain(PretrainArgs(corpus=[str(root / name) for name in corpora], out=str(out / "pretrained"),
-                                preset=args.preset, steps=pre_steps, batch_size=32, seq_len=64, seed=args.seed,
-                                lr=1e-3, vocab_size=8000, checkpoint_every=max(50, pre_steps // 4),
-                                device=args.device))
-    pre = {**pre, "steps": pre_steps, "seconds": time.perf_counter() - t, "corpora": corpora,
-           "tokens_seen": pre_steps * 32 * 64}
+                                preset=args.preset, batch_size=32, seq_len=128, seed=args.seed, lr=1e-3,
+                                vocab_size=8000, alibi=True, checkpoint_every=200, device=args.device, **budget))
+    finished = json.loads((out / "pretrained" / "run.json").read_text())["finished"]
+    pre = {**pre, "steps": finished["step"], "seconds": time.perf_counter() - t, "corpora": corpora,
+           "tokens_seen": finished["tokens_seen"]}
 
     t = time.perf_counter()
     zero = evaluate_zero_shot(out / "pretrained", root / "sst2" / "dev.tsv", device=args.device)
