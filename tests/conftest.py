@@ -42,6 +42,17 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture
+def reference_backend():
+    """The NumPy reference kernels for the duration of a test: they keep float64, which finite differences need."""
+    import minillm as mm
+
+    previous = mm.get_backend()
+    mm.set_backend("numpy")
+    yield
+    mm.set_backend(previous)
+
+
 @pytest.fixture(scope="session")
 def torch():
     """PyTorch, the oracle of parity tests: a test that asks for it skips (with the reason) without it, and only

@@ -13,14 +13,6 @@ from minillm.models.bert import ALIBI_MODEL_TYPE, BertConfig, BertForMaskedLM, B
 rng = np.random.default_rng(0)
 
 
-@pytest.fixture
-def reference_backend():
-    previous = mm.get_backend()
-    mm.set_backend("numpy")  # the reference kernels keep float64, which the finite differences need
-    yield
-    mm.set_backend(previous)
-
-
 def softmax_rows(s):
     e = np.exp(s - s.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)

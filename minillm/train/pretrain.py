@@ -236,6 +236,26 @@ def budgeted_steps(out) -> int:
     return int(state["config"]["steps"])
 
 
+def plan_steps(args, model, get_batch, evaluate, count_tokens):
+    """(steps, plan, first evaluation, clock start) of a run: --steps as given; for --minutes, the steps a
+    budget affords, measured on this machine before the first step (budget.py), or on --resume the count
+    the run fixed then. `plan` and the first evaluation are None unless a budget was just measured."""
+    from .budget import plan_budget
+
+    plan, first_eval, clock = None, None, time.perf_counter()
+    if args.minutes is not None and not args.resume:
+        print(f"pretrain: measuring this machine's step time for the {args.minutes:g}-minute budget")
+        plan, first_eval = plan_budget(args.minutes, model, get_batch, evaluate, Path(args.out), seed=args.seed,
+                                       grad_accum=args.grad_accum, weight_decay=args.weight_decay,
+                                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                                       device=args.device, count_tokens=count_tokens, clock_start=clock)
+        print(f"pretrain: a step takes {plan.seconds_per_step:.3f} s, an evaluation {plan.seconds_per_eval:.2f} s, "
+              f"a checkpoint {plan.seconds_per_checkpoint:.2f} s -> {plan.steps} steps in {args.minutes:g} minutes")
+        return plan.steps, plan, first_eval, clock
+    steps = budgeted_steps(args.out) if args.minutes is not None else args.steps
+    return steps, plan, first_eval, clock
+
+
 def pretrain(args: PretrainArgs) -> dict:
     """Run MLM pretraining as `minillm pretrain` does; returns the final evaluation."""
     if args.objective == "clm":
@@ -244,7 +264,6 @@ def pretrain(args: PretrainArgs) -> dict:
         return pretrain_clm(args)
     from ..data import continuation_table, tokenizer_digest
     from ..tensor import manual_seed
-    from .budget import plan_budget
 
     # What defines this run, recorded in its checkpoints: a resume that differs is refused. The data files
     # count by their SHA-256; the device and the checkpoint interval may change.
@@ -275,20 +294,7 @@ def pretrain(args: PretrainArgs) -> dict:
     def count_tokens(batch):
         return int(batch["input_ids"].size)
 
-    plan, first_eval, clock = None, None, time.perf_counter()
-    if args.minutes is not None and not args.resume:
-        print(f"pretrain: measuring this machine's step time for the {args.minutes:g}-minute budget")
-        plan, first_eval = plan_budget(args.minutes, model, get_batch, evaluate, out, seed=args.seed,
-                                       grad_accum=args.grad_accum, weight_decay=args.weight_decay,
-                                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                                       device=args.device, count_tokens=count_tokens, clock_start=clock)
-        steps = plan.steps
-        print(f"pretrain: a step takes {plan.seconds_per_step:.3f} s, an evaluation {plan.seconds_per_eval:.2f} s, "
-              f"a checkpoint {plan.seconds_per_checkpoint:.2f} s -> {steps} steps in {args.minutes:g} minutes")
-    elif args.minutes is not None:
-        steps = budgeted_steps(args.out)
-    else:
-        steps = args.steps
+    steps, plan, first_eval, clock = plan_steps(args, model, get_batch, evaluate, count_tokens)
     cfg = train_config(args, steps)
     run["tokenizer"] = tokenizer_digest(tok)  # on resume it comes from the run folder's own vocab.txt
     trainer = Trainer(model, cfg, out, get_batch, evaluate=evaluate,

@@ -34,7 +34,6 @@ What this is not: a data loader for corpora larger than memory, or a recipe tune
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -182,9 +181,8 @@ def pretrain_clm(args) -> dict:
     `args` is a pretrain.PretrainArgs with objective "clm"."""
     from ..data import tokenizer_digest
     from ..tensor import manual_seed
-    from .budget import plan_budget
     from .loop import Trainer, write_run_file
-    from .pretrain import budgeted_steps, refuse_evaluation_files, train_config
+    from .pretrain import budgeted_steps, plan_steps, refuse_evaluation_files, train_config
     from .resume import check_resume, run_record
 
     run = run_record(args, files=("corpus", "vocab"), exclude=("out", "resume", "checkpoint_every", "device"))
@@ -214,20 +212,7 @@ def pretrain_clm(args) -> dict:
     def count_tokens(batch):
         return int(batch["input_ids"].size)
 
-    plan, first_eval, clock = None, None, time.perf_counter()
-    if args.minutes is not None and not args.resume:
-        print(f"pretrain: measuring this machine's step time for the {args.minutes:g}-minute budget")
-        plan, first_eval = plan_budget(args.minutes, model, get_batch, evaluate, out, seed=args.seed,
-                                       grad_accum=args.grad_accum, weight_decay=args.weight_decay,
-                                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                                       device=args.device, count_tokens=count_tokens, clock_start=clock)
-        steps = plan.steps
-        print(f"pretrain: a step takes {plan.seconds_per_step:.3f} s, an evaluation {plan.seconds_per_eval:.2f} s, "
-              f"a checkpoint {plan.seconds_per_checkpoint:.2f} s -> {steps} steps in {args.minutes:g} minutes")
-    elif args.minutes is not None:
-        steps = budgeted_steps(args.out)
-    else:
-        steps = args.steps
+    steps, plan, first_eval, clock = plan_steps(args, model, get_batch, evaluate, count_tokens)
     cfg = train_config(args, steps)
     run["tokenizer"] = tokenizer_digest(tok)  # on resume it comes from the run folder's own vocab.json
     trainer = Trainer(model, cfg, out, get_batch, evaluate=evaluate,
