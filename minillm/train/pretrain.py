@@ -24,6 +24,11 @@ The recipe, each piece a flag (defaults in brackets, and where they come from):
 * sparse prediction [on; `--dense-head` turns it off]: the vocabulary projection runs on masked
   positions only (Cramming): at a 15% rate, 15% of the head's work.
 * `--whole-word` [off]: mask all the WordPiece pieces of a word together.
+* `--alibi` [off; the demo turns it on]: ALiBi's distance bias -m_h |i - j| on the attention scores
+  (models/bert.py). Without it a small model on a laptop budget sits on a plateau where attention ignores
+  word order, in PyTorch as here (benchmarks/results/plateau_probe.md); with it the held-out loss leaves
+  that plateau within a few hundred steps. transformers cannot load the result (the saved model_type says
+  so), hence a flag and not the default.
 * `--batch-size` [32], `--seq-len` [128], `--grad-accum` [1].
 
 The corpus mix recommended for SST-2 (sentiment of movie-review phrases): in-domain text first, as
