@@ -153,6 +153,7 @@ class Runner:
 
     def __init__(self, out: Path, threads: int, force: bool):
         self.out, self.force, self.fresh = out, force, set()
+        self.used: list[dict] = []  # the records of this study's commands, run now or before
         pinned = {k: str(threads) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                             "MKL_NUM_THREADS")}
         self.env = {**os.environ, **pinned, "PYTHONUNBUFFERED": "1"}
@@ -170,6 +171,7 @@ class Runner:
         stale = [d for d in deps if (self.record(d) or {}).get("finished", float("inf")) > done]
         if rec and not self.force and rec["rc"] == 0 and rec["command"] == cmd and not stale:
             print(f"[study] {name}: done before, skipped (--force reruns it)", flush=True)
+            self.used.append(rec)
             return rec
         if clean is not None:
             shutil.rmtree(clean, ignore_errors=True)
@@ -187,10 +189,17 @@ class Runner:
         rec = {"name": name, "command": cmd, "rc": rc, "wall_s": round(time.perf_counter() - t0, 2),
                "json": last_json(lines), "finished": time.time()}
         (self.out / "records" / f"{name}.json").write_text(json.dumps(rec, indent=2))
+        self.used.append(rec)
         if rc != 0:
             tail = "\n".join(lines[-15:])
             raise RuntimeError(f"{name} failed with exit status {rc}; log {log_path}:\n{tail}")
         return rec
+
+
+def first_start(records: list[dict], default: float) -> float:
+    """When the earliest of the study's commands began (records of earlier invocations count: a study that
+    was interrupted and continued, or whose results were only re-rendered, reports its real start)."""
+    return min((r["finished"] - r["wall_s"] for r in records), default=default)
 
 
 def last_json(lines: list[str]) -> dict | None:
@@ -296,7 +305,8 @@ def run_study(args) -> dict:
     recipe = {k.removeprefix("finetune_"): getattr(args, k) for k in vars(args) if k.startswith("finetune_")}
     return {"minutes": args.minutes, "seeds": args.seeds, "data": {"train": args.train, "eval": args.eval},
             "finetune": recipe, "machine": machine(threads), "started": datetime.datetime.fromtimestamp(
-                started).strftime("%Y-%m-%d %H:%M"), "hours": round((time.time() - started) / 3600, 2),
+                first_start(runner.used, started)).strftime("%Y-%m-%d %H:%M"),
+            "hours": round(sum(r["wall_s"] for r in runner.used) / 3600, 2),
             "configs": results}
 
 
@@ -374,7 +384,7 @@ def report_lines(study: dict, command: str) -> list[str]:
     lines = [
         "# Pretraining recipe study (issue 16)",
         "",
-        f"Started {study['started']}, {study['hours']:.2f} hours in all; {study['machine']['cpu']}, "
+        f"Started {study['started']}, {study['hours']:.2f} hours of commands in all; {study['machine']['cpu']}, "
         f"{study['machine']['threads']} threads. Each configuration: `minillm pretrain --minutes "
         f"{study['minutes']:g}`, then `minillm finetune` of the pretrained model and of the same architecture from "
         f"random weights on `{study['data']['train']}` (seeds {seeds}; lr {ft['lr']:g}, {ft['epochs']:g} epoch(s)"

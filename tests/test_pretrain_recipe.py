@@ -426,3 +426,11 @@ def test_study_configurations_are_checked(study_module, tmp_path):
         with pytest.raises(SystemExit, match=why):
             study_module.load_configs(str(path))
     assert [c["name"] for c in study_module.load_configs(None)] == ["recipe", "mask-0.25", "dropout-0.1"]
+
+
+def test_study_reports_when_its_first_command_began(study_module):
+    """A study continued or re-rendered from its records reports the start of its earliest command and the
+    commands' own hours, not the moment of the last invocation."""
+    records = [{"finished": 100.0, "wall_s": 30.0}, {"finished": 200.0, "wall_s": 50.0}]
+    assert study_module.first_start(records, default=999.0) == 70.0
+    assert study_module.first_start([], default=999.0) == 999.0
