@@ -127,3 +127,21 @@ def test_transformers_refuses_an_alibi_checkpoint(tmp_path, transformers):
     BertForMaskedLM(tiny_config(attention_bias="alibi")).save_pretrained(tmp_path)
     with pytest.raises((ValueError, KeyError)):
         transformers.AutoConfig.from_pretrained(tmp_path)
+
+
+def test_fill_mask_and_attention_read_an_alibi_model(tmp_path):
+    """The look commands take the ALiBi variant of BERT (its own model_type) like a plain one."""
+    from minillm.look import attention_maps, fill_mask, load_masked_lm
+    from minillm.tokenizer import BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "good", "bad", "."]
+    tok = BertTokenizer.from_vocab_list(words)
+    mm.manual_seed(0)
+    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, attention_bias="alibi")
+    BertForMaskedLM(config).save_pretrained(tmp_path, tokenizer=tok)
+    model, tok = load_masked_lm(tmp_path)
+    rows = fill_mask(model, tok, "the movie was [MASK] .", top_k=2)
+    assert len(rows) == 1 and len(rows[0]) == 2
+    tokens, maps = attention_maps(model.bert, tok, "the movie was good .")
+    assert maps[0].shape == (2, len(tokens), len(tokens))

@@ -31,9 +31,10 @@ EXAMPLES = [
 ]
 
 # Fine-tuning steps per minute, measured on a 2-core machine with the numba backend (evaluations included),
-# at batch 32 on SST-2's short, length-bucketed sentences (tiny measured in a full demo run: 1050 steps/min;
-# mini and small scaled by their step times). Pretraining measures its own rate (`pretrain --minutes`).
-FINETUNE_STEPS_PER_MINUTE = {"tiny": 1100, "mini": 320, "small": 100}
+# at batch 32 on SST-2's short, length-bucketed sentences (tiny measured in a full demo run on a 2-core Xeon:
+# 1760 steps in 0.7 minutes; mini and small scaled by their step times). Pretraining measures its own rate
+# (`pretrain --minutes`).
+FINETUNE_STEPS_PER_MINUTE = {"tiny": 2400, "mini": 700, "small": 220}
 # Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 6%) is
 # tokenizing, the zero-shot pass, evaluations and the report.
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.62, 0.16
