@@ -31,6 +31,7 @@ is the same fused one either way.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -55,12 +56,16 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     return (2.0 ** (1 - 2 * np.arange(1, num_heads + 1))).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
 def alibi_bias(num_heads: int, t_q: int, t_k: int) -> np.ndarray:
     """(H, Tq, Tk) float32: -m_h |i - j|, query i and key j counted from the end (so Tq < Tk aligns
-    the queries with the last keys, as the causal convention does)."""
+    the queries with the last keys, as the causal convention does). Made once per shape (every layer and
+    step reuses it), so it is read-only."""
     i = np.arange(t_q)[:, None] + (t_k - t_q)   # (Tq, 1)
     j = np.arange(t_k)[None, :]                 # (1, Tk)
-    return -alibi_slopes(num_heads)[:, None, None] * np.abs(i - j).astype(np.float32)[None]
+    bias = -alibi_slopes(num_heads)[:, None, None] * np.abs(i - j).astype(np.float32)[None]
+    bias.setflags(write=False)
+    return bias
 
 
 @dataclass
