@@ -31,15 +31,16 @@ EXAMPLES = [
 ]
 
 # Fine-tuning steps per minute, measured on a 2-core machine with the numba backend (evaluations included),
-# at batch 32 on SST-2's short, length-bucketed sentences (tiny measured in a full demo run on a 2-core Xeon:
-# 1760 steps in 0.7 minutes; mini and small scaled by their step times). Pretraining measures its own rate
+# at batch 32 on SST-2's short, length-bucketed sentences (tiny measured in full demo runs on a 2-core Xeon:
+# 1760 steps in 0.7 minutes, 3840 in 1.6; mini and small scaled by their step times). Pretraining measures its own rate
 # (`pretrain --minutes`).
 FINETUNE_STEPS_PER_MINUTE = {"tiny": 2400, "mini": 700, "small": 220}
 # Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 6%) is
 # tokenizing, the zero-shot pass, evaluations and the report.
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.62, 0.16
 # Corpora for MLM pretraining, in this order, relative to the data folder. Only text nobody evaluates on:
-# WikiText-2 (its train split when the folder has it) and the SST-2 *training* sentences (labels unused).
+# the IMDb unlabelled reviews (in-domain: movie reviews), WikiText-2 (its train split when the folder has it)
+# and the SST-2 *training* sentences (labels unused).
 PRETRAIN_CORPORA = ("imdb/unsup.txt", "wikitext2/train.txt", "wikitext2/valid.txt", "wikitext2/test.txt",
                     "sst2/train.tsv")
 # The files every run reads: checked before the first step.
@@ -79,15 +80,20 @@ def command_line(args: DemoArgs) -> str:
 def find_data(args: DemoArgs) -> tuple[Path, str]:
     """(data folder, where it came from), after checking it holds every file the demo reads.
 
-    --data DIR is used as given; otherwise `data_dir()` (MINILLM_DATA, the cache, a verified download).
+    --data DIR is used as given; otherwise `data_dir()` (MINILLM_DATA, the cache, a verified download), with
+    the IMDb unlabelled reviews when they can be had (IMDb is optional: REQUIRED lists what must be there).
     A missing file is an error naming it, before any tokenizing or training.
     """
     from ..data import data_dir, read_tsv
+    from ..data.datasets import DataNotFoundError
 
     if args.data:
         root, source = Path(args.data), "the `--data` folder"
     else:
-        root = data_dir()
+        try:  # the IMDb reviews too (pretraining text), downloaded into the cache if need be
+            root = data_dir(("sst2", "wikitext2", "imdb"))
+        except DataNotFoundError:  # e.g. a MINILLM_DATA folder without imdb/: pretrain without it
+            root = data_dir()
         source = "`$MINILLM_DATA`" if os.environ.get("MINILLM_DATA") else "the download cache"
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
