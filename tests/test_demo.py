@@ -131,3 +131,14 @@ def test_committed_report_is_what_the_current_demo_writes(demo_run):
     assert committed["from_scratch"]["steps"] == committed["finetuned"]["steps"]
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (COMMITTED / "report.md").read_text())
     assert links and all((COMMITTED / link).is_file() for link in links)
+
+
+def test_demo_takes_a_minillm_data_folder_without_imdb(tmp_path, monkeypatch):
+    """IMDb is optional pretraining text: a MINILLM_DATA folder with only SST-2 and WikiText-2 is used as it is
+    (the attempt to find IMDb there fails and the demo goes on without it), never a download elsewhere."""
+    from minillm.train.demo import find_data
+
+    data = make_data(tmp_path / "data")
+    monkeypatch.setenv("MINILLM_DATA", str(data))
+    root, source = find_data(DemoArgs())
+    assert root == data and source == "`$MINILLM_DATA`"
