@@ -141,17 +141,10 @@ def ngram_baseline(args, out: Path, model, tok, logged_loss: float) -> dict:
 
 
 def seen_row_indices(n_rows: int, batch_size: int, micro_batches: int, seed: int) -> np.ndarray:
-    """The training rows the run's micro-batches took, in order: the same permutations as pretrain_clm's
-    get_batch (a fresh one per epoch, seeded by (seed, epoch, 7))."""
-    per_epoch = max(1, n_rows // batch_size)
-    parts, k = [], 0
-    while k < micro_batches:
-        epoch, i = divmod(k, per_epoch)
-        take = min(per_epoch - i, micro_batches - k)
-        order = np.random.default_rng([seed, epoch, 7]).permutation(n_rows)
-        parts.append(order[i * batch_size:(i + take) * batch_size])
-        k += take
-    return np.concatenate(parts)
+    """The training rows the run's micro-batches took, in order (pretrain.micro_batch_rows, as its get_batch)."""
+    from minillm.train.pretrain import micro_batch_rows
+
+    return np.concatenate([micro_batch_rows(k, n_rows, batch_size, seed) for k in range(micro_batches)])
 
 
 def sample_texts(model, tok, seed: int, max_new_tokens: int = 40) -> tuple[str, list[dict]]:

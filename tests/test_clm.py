@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from synthetic_text import sentence
 
 import minillm as mm
 from minillm.bpe import ENDOFTEXT, ByteLevelBPETokenizer, bytes_to_unicode, train_bpe
@@ -17,14 +18,6 @@ from minillm.train.pretrain import PretrainArgs, pretrain
 from minillm.train.pretrain_clm import clm_batch, clm_rows, evaluate_clm, pack_stream
 from minillm.train.zero_shot_clm import encode_prompts, zero_shot_clm_scores
 
-WORDS = {0: "bad awful dull boring terrible weak", 1: "good great fine lovely wonderful strong"}
-FILLER = "the movie film story plot was is a an and of it this that very quite rather".split()
-
-
-def sentence(rng, label):
-    pool = WORDS[label].split()
-    words = list(rng.choice(FILLER, 5)) + [rng.choice(pool)] + list(rng.choice(FILLER, 3)) + [rng.choice(pool)]
-    return " ".join(words)
 
 
 @pytest.fixture(scope="module")

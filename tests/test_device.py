@@ -23,13 +23,6 @@ def gpu(monkeypatch):
         yield cp
 
 
-@pytest.fixture
-def cpu_reference():
-    """The CPU runs use the NumPy reference kernels, the ones the stand-in GPU computes with."""
-    previous = mm.get_backend()
-    mm.set_backend("numpy")
-    yield
-    mm.set_backend(previous)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ def run(argv, capsys):
     return capsys.readouterr().out.strip().splitlines()
 
 
-def test_every_command_runs_on_the_device(data, tmp_path, capsys, monkeypatch, cpu_reference):
+def test_every_command_runs_on_the_device(data, tmp_path, capsys, monkeypatch, reference_backend):
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     dev = str(data / "dev.tsv")
     with device_standin(monkeypatch):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from synthetic_text import sentence
 
 import minillm as mm
 from minillm.cli import main
@@ -13,14 +14,6 @@ from minillm.train import loop
 from minillm.train.metrics import read_metrics
 from minillm.train.pretrain import PretrainArgs, pretrain
 
-WORDS = {0: "bad awful dull boring terrible weak", 1: "good great fine lovely wonderful strong"}
-FILLER = "the movie film story plot was is a an and of it this that very quite rather".split()
-
-
-def sentence(rng, label):
-    pool = WORDS[label].split()
-    words = list(rng.choice(FILLER, 5)) + [rng.choice(pool)] + list(rng.choice(FILLER, 3)) + [rng.choice(pool)]
-    return " ".join(words)
 
 
 @pytest.fixture(scope="module")

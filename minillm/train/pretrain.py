@@ -241,6 +241,16 @@ def budgeted_steps(out) -> int:
     return int(state["config"]["steps"])
 
 
+def micro_batch_rows(k: int, n_rows: int, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of the rows of a run's k-th micro-batch: epoch after epoch a fresh permutation of the rows,
+    seeded by (seed, epoch, 7), cut into batches of batch_size (a last partial batch is left out). A function
+    of k alone, so a resumed run, or a benchmark that wants the rows a run saw, gets the same ones."""
+    per_epoch = max(1, n_rows // batch_size)
+    epoch, i = divmod(k, per_epoch)
+    order = np.random.default_rng([seed, epoch, 7]).permutation(n_rows)
+    return order[i * batch_size:(i + 1) * batch_size]
+
+
 def plan_steps(args, model, get_batch, evaluate, count_tokens):
     """(steps, plan, first evaluation, clock start) of a run: --steps as given; for --minutes, the steps a
     budget affords, measured on this machine before the first step (budget.py), or on --resume the count
@@ -285,13 +295,10 @@ def pretrain(args: PretrainArgs) -> dict:
     tok.save_pretrained(out)
     table = continuation_table(tok) if args.whole_word else None
     n, b = len(train_rows), args.batch_size
-    per_epoch = max(1, n // b)
 
     def get_batch(step, micro, rng):
-        k = step * args.grad_accum + micro                        # the k-th micro-batch of the run
-        epoch, i = divmod(k, per_epoch)
-        order = np.random.default_rng([args.seed, epoch, 7]).permutation(n)
-        return mlm_batch(train_rows[order[i * b:(i + 1) * b]], tok, rng, table, args.mask_rate)
+        rows = micro_batch_rows(step * args.grad_accum + micro, n, b, args.seed)
+        return mlm_batch(train_rows[rows], tok, rng, table, args.mask_rate)
 
     def evaluate(m):
         return evaluate_mlm(m, tok, eval_rows, args.seed)

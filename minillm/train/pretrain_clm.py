@@ -182,7 +182,7 @@ def pretrain_clm(args) -> dict:
     from ..data import tokenizer_digest
     from ..tensor import manual_seed
     from .loop import Trainer, write_run_file
-    from .pretrain import budgeted_steps, plan_steps, refuse_evaluation_files, train_config
+    from .pretrain import budgeted_steps, micro_batch_rows, plan_steps, refuse_evaluation_files, train_config
     from .resume import check_resume, run_record
 
     run = run_record(args, files=("corpus", "vocab"), exclude=("out", "resume", "checkpoint_every", "device"))
@@ -198,13 +198,8 @@ def pretrain_clm(args) -> dict:
     tok.save_pretrained(out)
     n, b = len(train_rows), args.batch_size
 
-    per_epoch = max(1, n // b)
-
     def get_batch(step, micro, rng):
-        k = step * args.grad_accum + micro                        # the k-th micro-batch of the run
-        epoch, i = divmod(k, per_epoch)
-        order = np.random.default_rng([args.seed, epoch, 7]).permutation(n)
-        return clm_batch(train_rows[order[i * b:(i + 1) * b]])
+        return clm_batch(train_rows[micro_batch_rows(step * args.grad_accum + micro, n, b, args.seed)])
 
     def evaluate(m):
         return evaluate_clm(m, eval_rows)
