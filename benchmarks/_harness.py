@@ -344,3 +344,16 @@ def header_lines(title: str, data: dict, threads: int) -> list:
               "set that fits in the last-level cache can be served from it, faster than the memory line: a rate "
               "above 100% of that line says so.", ""]
     return lines
+
+
+def engine_versions(engine: str) -> str:
+    """The library versions behind a worker's numbers ("torch": torch and transformers; else NumPy and Numba)."""
+    import numba
+    import numpy as np
+
+    if engine == "torch":
+        import torch
+        import transformers
+
+        return f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
+    return f"numpy {np.__version__}, numba {numba.__version__}"

@@ -199,24 +199,12 @@ def worker(args, mode: str, shape: str) -> dict:
         tokens = run(ids, args.new_tokens)
         times.append(time.perf_counter() - t0)
     out = dict(engine=engine, mode=mode, shape=shape, machine=machine, blas=blas, times=times, first_s=first_s,
-               tokens=tokens[args.prompt_len:], minillm_version=mm.__version__, versions=_versions(engine))
+               tokens=tokens[args.prompt_len:], minillm_version=mm.__version__, versions=H.engine_versions(engine))
     if mode == "cache":
         out["profile"] = profile_minillm(model, ids, args.new_tokens)
         out["head_s"] = time_head(model)
         out["params"] = model.num_parameters()
     return out
-
-
-def _versions(engine: str) -> str:
-    import numba
-    import numpy as np
-
-    if engine == "torch":
-        import torch
-        import transformers
-
-        return f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
-    return f"numpy {np.__version__}, numba {numba.__version__}"
 
 
 # ---- the parent

@@ -207,19 +207,7 @@ def worker(args, engine: str, shape: str, head: str) -> dict:
     return dict(engine=engine, shape=shape, head=head, machine=machine, blas=blas, times=times, first_s=first_s,
                 first_loss=first_loss, last_loss=last_loss, params=params, masked=masked,
                 peak_mb=(H.vm_kb("VmHWM") - base_kb) / 1024, baseline_mb=base_kb / 1024, peak_reset=peak_reset,
-                minillm_version=mm.__version__, versions=_versions(engine))
-
-
-def _versions(engine: str) -> str:
-    import numba
-    import numpy as np
-
-    if engine == "torch":
-        import torch
-        import transformers
-
-        return f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
-    return f"numpy {np.__version__}, numba {numba.__version__}"
+                minillm_version=mm.__version__, versions=H.engine_versions(engine))
 
 
 # ---- the parent
