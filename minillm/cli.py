@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a checkpoint for sentence classification")
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True)
-    p.add_argument("--eval", required=True)
+    p.add_argument("--eval", default=None, help="labelled TSV scored once, at the end, on the chosen checkpoint "
+                                                "(omitted: only the validation split is scored)")
     p.add_argument("--out", type=out_dir, required=True)
     p.add_argument("--epochs", type=positive_float, default=3.0)
     p.add_argument("--lr", type=positive_float, default=5e-5)
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=open_fraction, default=0.05,
                    help="share of --train held out to choose the checkpoint (at most 1,000 rows); --eval is "
                         "scored once, at the end")
+    p.add_argument("--validation", choices=("rows", "sentences"), default="rows",
+                   help="rows: a random share of the rows; sentences: whole sentences, each of their phrases "
+                        "removed from training (for SST-2, whose rows are phrases of one another)")
     p.add_argument("--warmup", type=warmup_amount, default=0.1,
                    help="warm-up: a fraction of the steps (< 1) or a number of steps (>= 1); then linear decay to 0")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
@@ -216,7 +220,8 @@ def run(args) -> int:
             model=args.model, train=args.train, eval=args.eval, out=args.out, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, num_labels=args.num_labels,
             max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, eval_every=args.eval_every,
-            resume=args.resume, validation_fraction=args.validation_fraction, warmup=args.warmup,
+            resume=args.resume, validation_fraction=args.validation_fraction, validation=args.validation,
+            warmup=args.warmup,
             weight_decay=args.weight_decay, dropout=args.dropout, device=device))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":

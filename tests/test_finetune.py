@@ -10,7 +10,7 @@ import minillm as mm
 from minillm.cli import main
 from minillm.train import loop
 from minillm.train.finetune import (FinetuneArgs, encode_cloze, evaluate_path, finetune, predict,
-                                    validation_split, zero_shot_scores)
+                                    validation_split, zero_shot_scores, sentence_validation_split)
 from minillm.train.metrics import read_metrics
 
 WORDS = ["bad", "awful", "dull", "good", "great", "fine", "okay", "so", "the", "film", "plot", "was", "it", "a",
@@ -125,6 +125,35 @@ def test_validation_split_is_disjoint_seeded_and_capped():
         validation_split(100, 0.0, seed=0)
 
 
+def test_sentence_validation_split_trains_on_no_part_of_a_validation_sentence():
+    # SST-2's layout: each sentence and the phrases of its parse tree are rows of their own
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(50)]
+    sentences = []
+    for _ in range(40):
+        words = list(rng.choice(vocab, size=int(rng.integers(8, 15))))
+        sentences.append(" ".join(words))
+        sentences += [" ".join(words[a:a + 3]) for a in range(0, len(words) - 3, 2)]  # its phrases
+    sentences.append("  ".join(sentences[0].split()[:2]) + " ")       # a phrase spelt with other spaces
+    train, val = sentence_validation_split(sentences, 0.03, seed=1)  # pool: 4 x n_val < 40 sentences
+    assert len(val) == round(0.03 * len(sentences)) and not set(train) & set(val)
+    spans = {" ".join(sentences[i].split()[a:b]) for i in val for a in range(20) for b in range(a + 1, 21)}
+    trained = {" ".join(sentences[i].split()) for i in train}
+    assert not trained & spans                          # not one phrase of a validation sentence
+    assert min(len(sentences[i].split()) for i in val) >= 8   # whole sentences, not fragments
+    kept = [i for i in range(len(sentences)) if " ".join(sentences[i].split()) not in spans]
+    assert list(train) == kept                          # and nothing else is dropped
+    again = sentence_validation_split(sentences, 0.03, seed=1)
+    assert all((a == b).all() for a, b in zip(again, (train, val)))
+    assert not np.array_equal(sentence_validation_split(sentences, 0.03, seed=2)[1], val)
+    # the random split of the same rows leaves phrases of validation sentences in training
+    rtrain, rval = validation_split(len(sentences), 0.03, seed=1)
+    rspans = {" ".join(sentences[i].split()[a:b]) for i in rval for a in range(20) for b in range(a + 1, 21)}
+    assert {" ".join(sentences[i].split()) for i in rtrain} & rspans
+    with pytest.raises(ValueError, match="nothing is left"):
+        sentence_validation_split(["a b c", "a b c", "a b"], 0.5, seed=0)  # any 2 cover all 3
+
+
 def test_finetune_chooses_on_validation_and_scores_eval_once(checkpoint, tok, tmp_path, monkeypatch):
     train_tsv = write_tsv(tmp_path / "train.tsv", 120, 2, seed=1)
     dev_tsv = write_tsv(tmp_path / "dev.tsv", 30, 2, seed=2)
@@ -160,6 +189,22 @@ def test_finetune_chooses_on_validation_and_scores_eval_once(checkpoint, tok, tm
     val_tsv = tmp_path / "val.tsv"
     val_tsv.write_text("sentence\tlabel\n" + "".join(f"{sentences[i]}\t{labels[i]}\n" for i in val_rows))
     assert evaluate_path(out, val_tsv)["accuracy"] == result["validation_accuracy"]
+
+
+def test_finetune_without_eval_file_scores_only_the_sentence_validation_split(checkpoint, tmp_path, capsys):
+    # comparing recipes must not look at dev: without --eval nothing but the validation split is scored
+    train_tsv = write_tsv(tmp_path / "train.tsv", 80, 2, seed=5)
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(checkpoint), "--train", str(train_tsv), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "16", "--validation", "sentences",
+                 "--validation-fraction", "0.1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sentences, _ = mm.data.read_tsv(train_tsv)
+    _, val_rows = sentence_validation_split(sentences, 0.1, seed=0)
+    assert set(result) == {"validation_accuracy", "validation_n"} and result["validation_n"] == len(val_rows)
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "eval"]
+    assert evals and all(r["eval_split"] == "validation" for r in evals)
+    assert result["validation_accuracy"] == max(r["accuracy"] for r in evals)
 
 
 # ---- the number of labels ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ DEFAULT_PROMPT = "{sentence} it was [MASK] ."
 DEFAULT_LABEL_WORDS = (("terrible", "bad", "awful"), ("great", "good", "wonderful"))  # label 0, label 1
 LABEL_NAMES = ("negative", "positive")
 MAX_VALIDATION_ROWS = 1000
+VALIDATION_SPLITS = ("rows", "sentences")   # validation_split, sentence_validation_split
 
 
 @dataclass
@@ -55,7 +56,8 @@ class FinetuneArgs:
     """`minillm finetune`'s arguments; each numeric one is checked on creation by its flag's own Check."""
     model: str
     train: str
-    eval: str                 # scored once, at the end, on the model chosen on the validation split
+    eval: str | None          # scored once, at the end, on the model chosen on the validation split (None:
+                              # nothing is scored but the validation split, as when comparing recipes)
     out: str
     epochs: float = setting(positive_float, 3.0)
     lr: float = setting(positive_float, 5e-5)
@@ -69,6 +71,9 @@ class FinetuneArgs:
     resume: bool = False
     # of the training rows, held out to choose the checkpoint (<= 1,000 rows)
     validation_fraction: float = setting(open_fraction, 0.05)
+    # "rows": a random share of the rows; "sentences": whole sentences with each of their phrases removed
+    # from training (sentence_validation_split: for SST-2, whose rows are phrases of one another)
+    validation: str = "rows"
     # BERT's fine-tuning recipe (Devlin et al. 2019: dropout 0.1 kept for fine-tuning, appendix A.3; its
     # fine-tuning script, run_classifier in google-research/bert: warm-up over the first 10% of the steps, AdamW weight decay 0.01). warmup >= 1 is
     # a number of steps. --dropout replaces whatever the checkpoint's config.json says (a model pretrained
@@ -80,6 +85,8 @@ class FinetuneArgs:
 
     def __post_init__(self):
         check_settings(self)
+        if self.validation not in VALIDATION_SPLITS:
+            raise ValueError(f"validation={self.validation!r}: must be one of {sorted(VALIDATION_SPLITS)}")
         check_out_dir(self.out)
 
 
@@ -164,9 +171,40 @@ def validation_split(n: int, fraction: float, seed: int,
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def sentence_validation_split(sentences: list[str], fraction: float, seed: int,
+                              max_rows: int = MAX_VALIDATION_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) for a training file whose rows are parts of one another, as SST-2's are.
+
+    SST-2's training file holds every phrase of each sentence's parse tree as its own labelled row ("a
+    gorgeous , witty , seductive movie" and also "gorgeous , witty"). A random split (validation_split)
+    leaves most of a validation sentence's phrases, with their labels, in training: it then rewards the
+    model that memorises phrases, and ranks checkpoints and recipes by that. Here the validation rows are
+    whole sentences, drawn (seeded) among the longest rows (the longest 4 x n_val: full sentences, not
+    fragments), and every row that is a word span of a validation row is removed from training, so no part
+    of a validation sentence is ever trained on. The cost is those removed rows (about 13,000 of SST-2's
+    67,349 for 1,000 validation sentences); rows that are not parts of one another lose nothing but
+    duplicates.
+    """
+    train, val = validation_split(len(sentences), fraction, seed, max_rows)   # the same checks and sizes
+    words = [" ".join(s.split()) for s in sentences]
+    lengths = np.array([len(w.split(" ")) for w in words])
+    pool = np.argsort(-lengths, kind="stable")[:4 * len(val)]
+    val = np.sort(np.random.default_rng([seed, 0x5E7]).choice(pool, len(val), replace=False))
+    spans = set()
+    for i in val:
+        w = words[i].split(" ")
+        spans.update(" ".join(w[a:b]) for a in range(len(w)) for b in range(a + 1, len(w) + 1))
+    train = np.array([i for i, w in enumerate(words) if w not in spans], dtype=np.int64)
+    if len(train) < 1:
+        raise ValueError(f"the training file has {len(sentences)} rows, all of them parts of the {len(val)} "
+                         "validation sentences: nothing is left to train on")
+    return train, val
+
+
 def finetune(args: FinetuneArgs) -> dict:
     """`minillm finetune`: train a classifier; keep in args.out the checkpoint that scores best on the
-    validation split (held-out training rows); score args.eval once with it. Returns the args.eval metrics."""
+    validation split (held-out training rows); score args.eval once with it. Returns the args.eval metrics
+    with the validation accuracy that chose the checkpoint (only the latter when args.eval is None)."""
     from ..tensor import manual_seed
 
     # What defines this run, recorded in its checkpoints: a resume that differs is refused. Files count by
@@ -176,14 +214,17 @@ def finetune(args: FinetuneArgs) -> dict:
         check_resume(args.out, run)
     model, tok = load_classifier(args.model, args.num_labels, device=args.device, dropout=args.dropout)
     sentences, labels = read_tsv(args.train, num_labels=args.num_labels)
-    eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels)  # read now: a bad file fails before training
-    train_rows, val_rows = validation_split(len(sentences), args.validation_fraction, args.seed)
+    eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels) if args.eval else ([], None)  # a bad file
+    # fails now, before training
+    if args.validation == "sentences":
+        train_rows, val_rows = sentence_validation_split(sentences, args.validation_fraction, args.seed)
+    else:
+        train_rows, val_rows = validation_split(len(sentences), args.validation_fraction, args.seed)
     manual_seed(args.seed)
     train = Batches.from_texts([sentences[i] for i in train_rows], labels[train_rows], tok,
                                max_length=args.max_length, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     val = Batches.from_texts([sentences[i] for i in val_rows], labels[val_rows], tok, max_length=args.max_length,
                              batch_size=64, shuffle=False)
-    dev = Batches.from_texts(eval_x, eval_y, tok, max_length=args.max_length, batch_size=64, shuffle=False)
     per_epoch = len(train)
     steps = int(round(args.epochs * per_epoch))
     if args.max_steps:
@@ -214,20 +255,26 @@ def finetune(args: FinetuneArgs) -> dict:
                       save_model=lambda path: model.save_pretrained(path, tokenizer=tok),
                       count_tokens=lambda b: int(b["attention_mask"].sum()), desc="finetune", device=args.device,
                       run=run)
-    print(f"finetune: {len(train_rows)} train / {len(val_rows)} validation (held out of {args.train}, chooses "
+    print(f"finetune: {len(train_rows)} train / {len(val_rows)} validation {args.validation} (held out of {args.train}, chooses "
           f"the checkpoint) / {len(eval_x)} eval sentences (scored once, at the end), {steps} steps "
           f"({per_epoch} per epoch), batch {args.batch_size}, lr {args.lr}, warm-up {cfg.warmup} steps, weight decay "
           f"{args.weight_decay:g}, dropout {args.dropout:g}")
     trainer.fit(resume=args.resume)
 
+    chosen_by = {"validation_accuracy": trainer.best, "validation_n": int(len(val_rows))}
+    if not args.eval:
+        print(f"finetune: best validation accuracy {trainer.best:.4f} on {len(val_rows)} held-out training rows "
+              "(no --eval file: nothing else scored)")
+        return chosen_by
     chosen, _ = load_classifier(args.out, device=args.device)  # the checkpoint the validation split chose
+    dev = Batches.from_texts(eval_x, eval_y, tok, max_length=args.max_length, batch_size=64, shuffle=False)
     final = {"eval_split": "dev", **evaluate_classifier(chosen, dev)}
     if trainer.comm.is_root:  # under MPI, rank 0 alone writes metrics.jsonl
         with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:  # the one row scored on --eval
             f.write(json.dumps({"step": trainer.step, "split": "eval", **final}) + "\n")
     print(f"finetune: {args.eval}: accuracy {final['accuracy']:.4f} of the checkpoint with the best validation "
           f"accuracy ({trainer.best:.4f} on {len(val_rows)} held-out training rows)")
-    return {**final, "validation_accuracy": trainer.best, "validation_n": int(len(val_rows))}
+    return {**final, **chosen_by}
 
 
 # --------------------------------------------------------------------------------------------------
