@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01)
     p.add_argument("--dropout", type=dropout_rate, default=0.1,
                    help="hidden-state and classifier dropout (replaces the checkpoint's own)")
+    p.add_argument("--extend-positions", action="store_true",
+                   help="a --max-length beyond the model's positions grows its position table (learned rows repeated)")
     p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--resume", action="store_true")
     _add_backend(p)
@@ -221,7 +223,7 @@ def run(args) -> int:
             batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, num_labels=args.num_labels,
             max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, eval_every=args.eval_every,
             resume=args.resume, validation_fraction=args.validation_fraction, validation=args.validation,
-            warmup=args.warmup,
+            extend_positions=args.extend_positions, warmup=args.warmup,
             weight_decay=args.weight_decay, dropout=args.dropout, device=device))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":

@@ -207,6 +207,43 @@ def test_finetune_without_eval_file_scores_only_the_sentence_validation_split(ch
     assert result["validation_accuracy"] == max(r["accuracy"] for r in evals)
 
 
+def test_extend_positions_repeats_the_learned_rows_and_changes_nothing_on_short_inputs(checkpoint, tmp_path):
+    model = mm.BertForMaskedLM.from_pretrained(checkpoint).eval()
+    ids = np.arange(4, 24)[None] % len(VOCAB)
+    before = model(ids).logits.numpy()
+    table = model.bert.embeddings.position_embeddings.weight.numpy().copy()
+    model.extend_positions(150)
+    grown = model.bert.embeddings.position_embeddings.weight.numpy()
+    assert grown.shape == (150, table.shape[1]) and model.config.max_position_embeddings == 150
+    assert (grown[:64] == table).all() and (grown[64:128] == table).all() and (grown[128:] == table[:22]).all()
+    np.testing.assert_array_equal(model(ids).logits.numpy(), before)  # the first 64 rows are untouched
+    assert model(np.arange(150)[None] % len(VOCAB)).logits.shape == (1, 150, len(VOCAB))
+    model.save_pretrained(tmp_path / "long", tokenizer=mm.BertTokenizer.from_pretrained(checkpoint))
+    again = mm.BertForMaskedLM.from_pretrained(tmp_path / "long")
+    assert again.config.max_position_embeddings == 150
+    np.testing.assert_array_equal(again.bert.embeddings.position_embeddings.weight.numpy(), grown)
+    with pytest.raises(ValueError, match="already has 150"):
+        model.extend_positions(100)
+
+
+def test_finetune_longer_than_the_positions_is_cut_or_extended(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    rows = "".join(f"{' '.join(rng.choice(FILLER, 140))} {SENTIMENT[2 * (i % 2)][0]}\t{i % 2}\n" for i in range(40))
+    train_tsv = tmp_path / "long.tsv"
+    train_tsv.write_text("sentence\tlabel\n" + rows)
+    args = dict(model=str(checkpoint), train=str(train_tsv), eval=str(train_tsv), epochs=1, batch_size=8,
+                max_length=150)
+    finetune(FinetuneArgs(out=str(tmp_path / "cut"), **args))     # rows cut at the model's 64 positions
+    assert "rows are cut at 64 tokens" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["max_position_embeddings"] == 64
+    result = finetune(FinetuneArgs(out=str(tmp_path / "ft"), extend_positions=True, **args))
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["max_position_embeddings"] == 150
+    # evaluate reads as far as the fine-tuned model does (it cut every row at 128 tokens before: a model
+    # fine-tuned on 256-token reviews was scored on half of each); the same inputs give the same loss
+    again = evaluate_path(tmp_path / "ft", train_tsv)
+    assert (again["loss"], again["accuracy"]) == (result["loss"], result["accuracy"])
+
+
 # ---- the number of labels ---------------------------------------------------------------------------
 
 def test_three_label_model_evaluates_and_predicts(checkpoint, tmp_path, capsys):

@@ -317,6 +317,23 @@ class BertPreTrainedModel(CheckpointMixin, Module):
     ignored_checkpoint_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "position_ids")
 
 
+    def extend_positions(self, n: int) -> None:
+        """Grow the learned position table to n rows, in place, by repeating the learned rows: position
+        P + i starts as a copy of position i (P the old table's size). A model pretrained on rows of 128
+        tokens can then be fine-tuned on longer ones; Longformer (Beltagy et al. 2020, sec. 5) grew RoBERTa's
+        512 positions to 4,096 the same way, and found the copies a far better start than random rows.
+        With ALiBi the attention already knows every distance, and the copies only repeat what the
+        embeddings add. The first P rows are untouched: on inputs of at most P tokens nothing changes."""
+        bert = getattr(self, self.base_model_prefix, self)
+        table = bert.embeddings.position_embeddings
+        old = table.weight.data
+        if n <= old.shape[0]:
+            raise ValueError(f"extend_positions({n}): the model already has {old.shape[0]} positions")
+        repeats = -(-n // old.shape[0])
+        table.weight = Parameter(xp(old).concatenate([old] * repeats)[:n].copy())
+        self.config.max_position_embeddings = n
+
+
 class BertModel(BertPreTrainedModel):
     """The encoder: returns `.last_hidden_state` (B, T, C) and `.pooler_output` (B, C); with
     `output_attentions=True` also `.attentions`, a tuple of one (B, H, T, T) NumPy array per layer."""

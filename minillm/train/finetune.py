@@ -74,6 +74,9 @@ class FinetuneArgs:
     # "rows": a random share of the rows; "sentences": whole sentences with each of their phrases removed
     # from training (sentence_validation_split: for SST-2, whose rows are phrases of one another)
     validation: str = "rows"
+    # a --max-length beyond the checkpoint's positions grows its position table (BertPreTrainedModel.
+    # extend_positions: the learned rows repeated) instead of being refused
+    extend_positions: bool = False
     # BERT's fine-tuning recipe (Devlin et al. 2019: dropout 0.1 kept for fine-tuning, appendix A.3; its
     # fine-tuning script, run_classifier in google-research/bert: warm-up over the first 10% of the steps, AdamW weight decay 0.01). warmup >= 1 is
     # a number of steps. --dropout replaces whatever the checkpoint's config.json says (a model pretrained
@@ -213,6 +216,14 @@ def finetune(args: FinetuneArgs) -> dict:
     if args.resume:  # a broken or different checkpoint is reported before any data is read
         check_resume(args.out, run)
     model, tok = load_classifier(args.model, args.num_labels, device=args.device, dropout=args.dropout)
+    max_length, positions = args.max_length, model.config.max_position_embeddings
+    if max_length > positions and args.extend_positions:
+        model.extend_positions(max_length)
+        print(f"finetune: position table grown from {positions} to {max_length} rows (the learned rows repeated)")
+    elif max_length > positions:
+        max_length = positions
+        print(f"finetune: --max-length {args.max_length} is beyond the {positions} positions of {args.model}: rows "
+              f"are cut at {positions} tokens (--extend-positions grows the position table instead)")
     sentences, labels = read_tsv(args.train, num_labels=args.num_labels)
     eval_x, eval_y = read_tsv(args.eval, num_labels=args.num_labels) if args.eval else ([], None)  # a bad file
     # fails now, before training
@@ -222,8 +233,8 @@ def finetune(args: FinetuneArgs) -> dict:
         train_rows, val_rows = validation_split(len(sentences), args.validation_fraction, args.seed)
     manual_seed(args.seed)
     train = Batches.from_texts([sentences[i] for i in train_rows], labels[train_rows], tok,
-                               max_length=args.max_length, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    val = Batches.from_texts([sentences[i] for i in val_rows], labels[val_rows], tok, max_length=args.max_length,
+                               max_length=max_length, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    val = Batches.from_texts([sentences[i] for i in val_rows], labels[val_rows], tok, max_length=max_length,
                              batch_size=64, shuffle=False)
     per_epoch = len(train)
     steps = int(round(args.epochs * per_epoch))
@@ -267,7 +278,7 @@ def finetune(args: FinetuneArgs) -> dict:
               "(no --eval file: nothing else scored)")
         return chosen_by
     chosen, _ = load_classifier(args.out, device=args.device)  # the checkpoint the validation split chose
-    dev = Batches.from_texts(eval_x, eval_y, tok, max_length=args.max_length, batch_size=64, shuffle=False)
+    dev = Batches.from_texts(eval_x, eval_y, tok, max_length=max_length, batch_size=64, shuffle=False)
     final = {"eval_split": "dev", **evaluate_classifier(chosen, dev)}
     if trainer.comm.is_root:  # under MPI, rank 0 alone writes metrics.jsonl
         with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:  # the one row scored on --eval
@@ -386,10 +397,12 @@ def predict(path, texts, device: str = "cpu") -> list[dict]:
     return [{"text": t, "label": names[int(p.argmax())], "probability": float(p.max())} for t, p in zip(texts, probs)]
 
 
-def evaluate_path(path, data, max_length: int = 128, device: str = "cpu") -> dict:
-    """Metrics of a fine-tuned classifier folder on a labelled TSV; the labels it knows come from its config."""
+def evaluate_path(path, data, max_length: int | None = None, device: str = "cpu") -> dict:
+    """Metrics of a fine-tuned classifier folder on a labelled TSV; the labels it knows come from its config.
+    Rows are cut at max_length tokens (None: the model's positions, what it was fine-tuned to read)."""
     _require_classifier(path)
     model, tok = load_classifier(path, device=device)
+    max_length = min(max_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
     sentences, labels = read_tsv(data, num_labels=model.config.num_labels)
     dev = Batches.from_texts(sentences, labels, tok, max_length=max_length, batch_size=64, shuffle=False)
     return evaluate_classifier(model, dev)
