@@ -122,20 +122,6 @@ def run(args) -> dict:
             "gain_sd": statistics.stdev(gains) if len(gains) > 1 else None}
 
 
-def command_line(args) -> str:
-    words = ["python", "benchmarks/finetune_recipe.py"]
-    skip = False
-    for word in args.argv:
-        if skip or word.startswith(("--data=", "--results=", "--out=")):
-            skip = False
-            continue
-        if word in ("--data", "--results", "--out"):
-            skip = True
-            continue
-        words.append(word)
-    return " ".join(words)
-
-
 def report(r: dict, command: str) -> str:
     def pct(x):
         return f"{100 * x:.2f}%"
@@ -175,7 +161,7 @@ def main(argv=None) -> int:
     r = run(args)
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
-    command = command_line(args)
+    command = study.command_line(args, "benchmarks/finetune_recipe.py")
     (folder / "finetune_recipe.md").write_text(report(r, command), encoding="utf-8")
     (folder / "finetune_recipe.json").write_text(json.dumps({"command": command, **r}, indent=1) + "\n",
                                                  encoding="utf-8")

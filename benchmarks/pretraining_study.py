@@ -330,9 +330,10 @@ def machine(threads: int) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 # the results files
-def command_line(args) -> str:
-    """This invocation as the results file shows it: relative paths, the data folder as $MINILLM_DATA."""
-    words = ["python", "benchmarks/pretraining_study.py"]
+def command_line(args, script: str = "benchmarks/pretraining_study.py") -> str:
+    """This invocation (args.argv) of `script` as a results file shows it: without the flags that say where
+    things are (--data, --out, --results), which are not what is measured."""
+    words = ["python", script]
     skip = False
     for i, word in enumerate(args.argv):
         if skip:
