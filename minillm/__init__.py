@@ -8,17 +8,27 @@ Layers, from the top: cli -> train -> data -> models.bert -> tokenizer -> nn, op
 tensor -> kernels (NumPy reference, Numba CPU, CUDA via CuPy). Imports point downward only.
 """
 import os
+import sys
 
 # A training step alternates Numba's parallel kernels (OpenMP threads) with NumPy's matmuls (OpenBLAS
 # threads) on the same cores. By default both thread pools spin for a while after each call, each stealing
 # the cores the other one needs: measured on 2 cores, a BERT-mini step ran 1.7x slower than with sleeping
-# pools. These must be set before OpenMP / OpenBLAS start, hence here, first; your own settings win.
+# pools. Each library reads its variable when it loads, hence here, first; your own settings win. A library
+# loaded before minillm (`import numpy` first) is fixed after the imports below, by
+# backend.settle_thread_pools, or named in a warning when it cannot be.
+_thread_env_set_by_user = {name for name in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT") if name in os.environ}
+_numba_pool_started = getattr(sys.modules.get("numba.np.ufunc.parallel"), "_is_initialized", False)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # spin 2^4 cycles, then sleep (OpenBLAS default 2^28)
 
 from . import functional, nn, optim  # noqa: E402
+from . import backend  # noqa: E402
 from .backend import get_backend, set_backend  # noqa: E402
 from .tensor import Tensor, concatenate, default_rng, manual_seed, no_grad, split, tensor, where  # noqa: E402
+
+# {variable: "in effect" | "fixed now" | "not in effect"}: what minillm's import found and did
+thread_settings = backend.settle_thread_pools(_thread_env_set_by_user,
+                                              _numba_pool_started and backend.numba_pool_started())
 
 __version__ = "0.1.0"
 

@@ -13,6 +13,7 @@ This module deliberately knows nothing about tensors or autograd.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -149,3 +150,116 @@ def to_device(array, device: str):
             raise RuntimeError("device 'cuda' needs CuPy and a GPU: pip install -e '.[gpu]'") from e
         return array if is_cupy(array) else cupy.asarray(array)
     raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
+# --------------------------------------------------------------------------------------------------
+# thread pools that sleep when idle, whatever was imported first
+#
+# A training step alternates Numba's parallel kernels (OpenMP threads) with NumPy's matmuls (OpenBLAS
+# threads) on the same cores. Left to their defaults, both pools spin after each call (OpenBLAS for 2^28
+# cycles, about 0.1 s), each stealing the cores the other one needs. minillm/__init__.py asks both to sleep
+# (OMP_WAIT_POLICY=PASSIVE, OPENBLAS_THREAD_TIMEOUT=4), but each library reads its variable once, when it
+# loads: a script that imports NumPy before minillm has an OpenBLAS that never saw the setting. So after
+# the imports, `settle_thread_pools` compares what each library actually holds with the environment and
+# fixes what can still be fixed, warning (once, naming the variable) about what cannot.
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+_warned: set = set()
+
+
+def warn_thread_setting(variable: str, why: str) -> None:
+    """One RuntimeWarning per variable and process, saying how to set it so that it takes effect."""
+    if variable in _warned:
+        return
+    _warned.add(variable)
+    import warnings
+
+    warnings.warn(f"{variable}={os.environ.get(variable, THREAD_ENV.get(variable))} is not in effect: {why}. "
+                  f"Idle threads then spin and slow minillm's kernels down. Set {variable} in the environment "
+                  "before Python starts (e.g. `export OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=4`), or "
+                  "import minillm before NumPy, Numba and PyTorch.", RuntimeWarning, stacklevel=3)
+
+
+def loaded_openblas() -> list:
+    """ctypes handles of the OpenBLAS libraries this process has loaded (NumPy's among them), read from
+    /proc/self/maps (Linux); [] elsewhere or when there is none (NumPy built on Accelerate or MKL)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()}
+    except OSError:
+        return []
+    libs = []
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)   # already mapped: this only returns a handle to it
+        except OSError:
+            continue
+        if hasattr(lib, "openblas_thread_timeout"):
+            libs.append(lib)
+    return libs
+
+
+def openblas_timeout_in_effect(lib) -> int:
+    """The OPENBLAS_THREAD_TIMEOUT value the library read (0: unset, i.e. its default of 2^28 cycles)."""
+    return int(lib.openblas_thread_timeout())
+
+
+def settle_openblas(lib, target: int) -> bool:
+    """Make an already-loaded OpenBLAS use OPENBLAS_THREAD_TIMEOUT = `target` (already in the environment).
+    True when it does.
+
+    OpenBLAS reads its environment once, at load, into a variable that `openblas_read_env()` refills; its
+    worker threads take the timeout when they start. So: re-read the environment, then stop the workers
+    (`blas_thread_shutdown_`, the call OpenBLAS itself makes before a fork); the next multi-threaded BLAS
+    call starts new ones, which sleep after 2^target cycles. Must not run while another thread is inside a
+    BLAS call: at import time nothing is.
+    """
+    if openblas_timeout_in_effect(lib) == target:
+        return True
+    if not (hasattr(lib, "openblas_read_env") and hasattr(lib, "blas_thread_shutdown_")):
+        return False
+    lib.openblas_read_env()
+    lib.blas_thread_shutdown_()
+    return openblas_timeout_in_effect(lib) == target
+
+
+def numba_pool_started() -> bool:
+    """True when Numba's OpenMP thread pool is running: libgomp read OMP_WAIT_POLICY when it started, and
+    cannot be told again. (Importing Numba starts nothing; the first parallel kernel call does.)"""
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(parallel, "_is_initialized", False)) and getattr(parallel, "_threading_layer", None) == "omp"
+
+
+def settle_thread_pools(user_set=frozenset(), numba_started_before: bool = False) -> dict:
+    """Apply THREAD_ENV to libraries loaded before minillm set it; warn once for what cannot be applied.
+
+    Args: user_set, the variables the user had set before minillm did (theirs win; they were in place
+    when the libraries loaded); numba_started_before, `numba_pool_started()` when minillm began importing.
+    Returns {variable: "in effect" | "fixed now" | "not in effect"} for the variables that apply here.
+    """
+    state = {}
+    target = _int_or_none(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))   # None: unset, or not a number OpenBLAS reads
+    for lib in loaded_openblas() if target is not None else ():
+        if openblas_timeout_in_effect(lib) == target:
+            state.setdefault("OPENBLAS_THREAD_TIMEOUT", "in effect")
+        elif settle_openblas(lib, target):
+            state["OPENBLAS_THREAD_TIMEOUT"] = "fixed now"
+        else:
+            state["OPENBLAS_THREAD_TIMEOUT"] = "not in effect"
+            warn_thread_setting("OPENBLAS_THREAD_TIMEOUT", "NumPy's OpenBLAS was loaded before minillm set it, and "
+                                "this OpenBLAS cannot re-read its environment")
+    if numba_started_before and "OMP_WAIT_POLICY" not in user_set:
+        state["OMP_WAIT_POLICY"] = "not in effect"
+        warn_thread_setting("OMP_WAIT_POLICY", "Numba's OpenMP thread pool was started before minillm was imported, "
+                            "and OpenMP reads its wait policy only when it starts")
+    elif "OMP_WAIT_POLICY" in os.environ:
+        state["OMP_WAIT_POLICY"] = "in effect"
+    return state
+
+
+def _int_or_none(s):
+    try:
+        return int(s)
+    except (TypeError, ValueError):
+        return None
