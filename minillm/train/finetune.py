@@ -344,10 +344,19 @@ def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prom
         scores = scores / np.maximum(prior, 1e-30)
         return scores / scores.sum(-1, keepdims=True)
     word_ids = label_word_ids(tok, label_words)
+    out = np.zeros((len(sentences), len(word_ids)), dtype=np.float64)
+    for start, p in mask_probabilities(model, tok, sentences, prompt, batch_size, max_length):
+        out[start:start + len(p)] = np.stack([p[:, ids].sum(-1) for ids in word_ids], axis=-1)
+    return out / np.maximum(out.sum(-1, keepdims=True), 1e-30)
+
+
+def mask_probabilities(model: BertForMaskedLM, tok: BertTokenizer, sentences, prompt: str = DEFAULT_PROMPT,
+                       batch_size: int = 64, max_length: int = 128):
+    """Yields (start, (b, V) float64 array): the MLM head's distribution over the vocabulary at the prompt's
+    [MASK], for sentences[start:start + b], a batch at a time (the whole (N, V) array can be large)."""
     rows, positions = encode_cloze(tok, sentences, prompt, max_length)
     model.eval()
     device = device_of(model)
-    out = np.zeros((len(rows), len(word_ids)), dtype=np.float64)
     with no_grad():
         for start in range(0, len(rows), batch_size):
             input_ids, attention_mask = pad_batch(rows[start:start + batch_size], tok.pad_token_id)  # (b, T)
@@ -355,9 +364,7 @@ def zero_shot_scores(model: BertForMaskedLM, tok: BertTokenizer, sentences, prom
                                "mask_positions": positions[start:start + batch_size]}, device)
             hidden = model.bert(batch["input_ids"], batch["attention_mask"]).last_hidden_state  # (b, T, C)
             at_mask = hidden[xp(hidden.data).arange(len(input_ids)), batch["mask_positions"]]  # (b, C)
-            p = softmax(model.cls.predictions(at_mask)).numpy().astype(np.float64)            # (b, V)
-            out[start:start + len(input_ids)] = np.stack([p[:, ids].sum(-1) for ids in word_ids], axis=-1)
-    return out / np.maximum(out.sum(-1, keepdims=True), 1e-30)
+            yield start, softmax(model.cls.predictions(at_mask)).numpy().astype(np.float64)   # (b, V)
 
 
 def evaluate_zero_shot(path, data, prompt=DEFAULT_PROMPT, label_words=DEFAULT_LABEL_WORDS,
