@@ -1,0 +1,19 @@
+"""Attention kernels: reference.py (NumPy), cpu.py (Numba), gpu.py + attention.cu (CuPy); see NOTES.md.
+
+The contract's attention_fwd / attention_bwd come through `kernels.get(backend)`. One more forward lives
+here, outside the contract: `attention_decode_fwd`, one query against a key/value cache (text generation);
+`decode_kernel(backend)` returns the backend's version of it.
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULE_OF_BACKEND = {"numpy": "reference", "numba": "cpu", "cupy": "gpu"}
+
+
+def decode_kernel(backend: str):
+    """attention_decode_fwd(q, k, v, key_mask=None, scale=None) -> (out, lse) of backend "numpy", "numba" or
+    "cupy" (reference.attention_decode_fwd has the math)."""
+    if backend not in _MODULE_OF_BACKEND:
+        raise ValueError(f"unknown kernel backend {backend!r}; known backends: {', '.join(_MODULE_OF_BACKEND)}")
+    return importlib.import_module(f"kernels.attention.{_MODULE_OF_BACKEND[backend]}").attention_decode_fwd

@@ -17,6 +17,13 @@ derivations and the measured times:
 
 `attention_fwd` / `attention_bwd` are bound to the winner, v3 (see VERSIONS and NOTES.md).
 
+Beyond the kernel contract, one more forward for a special case (not a numbered version: it does not
+take the contract's arguments): `attention_decode_fwd`, one query per (batch, head) against a key/value
+cache, as in text generation after the prompt. v3 puts 128 queries side by side in the vector lanes;
+with one query its lanes sit empty and its tiles cost more than the work. This kernel reads each key once
+(a dot product in 8 independent partial sums, `dot8`), keeps the Tk scores of its row, and sums
+p_j v_j in axpy form over D; masked keys (the cache's unwritten positions) are never read.
+
 Parallelism: `prange` over the B*H (batch, head) pairs. The thread that owns a pair writes all of its dq,
 dk and dv, so there are no atomics and no races, and the result is bitwise the same run to run.
 Extra memory per thread: O(T*D) (the transposed K/V of one head) plus O(tile) buffers.
@@ -34,10 +41,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from kernels.attention.reference import check_inputs
-from kernels.fastexp import fast_exp_scalar
+from kernels.attention.reference import check_decode_inputs, check_inputs
+from kernels.fastexp import dot8, fast_exp_scalar
 
-__all__ = ["attention_fwd", "attention_bwd", "VERSIONS"]
+__all__ = ["attention_fwd", "attention_bwd", "attention_decode_fwd", "VERSIONS"]
 
 KEY_TILE = 64  # keys per tile: 8 AVX2 vectors per score row; a K+V tile is 16 KiB at D = 32
 QUERY_TILE = 32  # query rows that share one pass over a K/V tile (v2)
@@ -484,6 +491,60 @@ def _bwd_v3(dout, q, k, v, out, lse, key_mask, causal, scale, dq, dk, dv):
         for i in range(Tq):
             for d in range(D):
                 dq[b, h, i, d] = dqt[d, i]
+
+
+# -------------------------------------------------------------------- one query against a key/value cache
+@njit(cache=True, parallel=True)
+def _decode_fwd(q, k, v, key_mask, scale, out, lse):
+    """out[b, h, 0] = softmax_j(scale q . k_j, masked) v_j for one query per (b, h): two passes over the keys.
+
+    Pass 1: s_j = scale * q . k_j for the visible keys, and their max m. Pass 2: p_j = exp(s_j - m),
+    l = sum p_j, acc += p_j v_j (axpy over D: vectorizes). Then out = acc / l, lse = m + log l. The exact
+    two-pass softmax (no online rescaling: the Tk scores of one row fit in L1).
+    """
+    B, H, _, D = q.shape
+    Tk = k.shape[2]
+    for bh in prange(B * H):
+        b, h = bh // H, bh % H
+        qi = q[b, h, 0]
+        s = np.empty(Tk, np.float32)                   # the row of scores: Tk floats per thread
+        m = NEG_INF
+        for j in range(Tk):
+            if key_mask[b, j]:
+                s[j] = dot8(qi, k[b, h, j]) * scale
+                m = max(m, s[j])
+        if m == NEG_INF:                               # the query sees no key: output 0, lse -inf
+            out[b, h, 0, :] = ZERO
+            lse[b, h, 0] = NEG_INF
+            continue
+        acc = np.zeros(D, np.float32)
+        l = ZERO
+        for j in range(Tk):
+            if key_mask[b, j]:
+                p = fast_exp_scalar(s[j] - m)
+                l += p
+                vj = v[b, h, j]
+                for d in range(D):
+                    acc[d] += p * vj[d]
+        for d in range(D):
+            out[b, h, 0, d] = acc[d] / l
+        lse[b, h, 0] = m + math.log(l)
+
+
+def attention_decode_fwd(q, k, v, key_mask=None, scale=None):
+    """Attention forward for one query per (batch, head) (see reference.attention_decode_fwd): returns
+    (out (B, H, 1, D), lse (B, H, 1)). k, v and key_mask are read in place when C-contiguous, as a
+    key/value cache's preallocated buffers are (its unwritten positions masked out)."""
+    key_mask = check_decode_inputs(q, k, v, key_mask)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # copies only when needed
+    B, H, _, D = q.shape
+    key_mask = np.ones((B, k.shape[2]), np.bool_) if key_mask is None else np.ascontiguousarray(key_mask)
+    scale = np.float32(1.0 / math.sqrt(D) if scale is None else scale)
+    q, k, v = f32(q), f32(k), f32(v)
+    out = np.empty(q.shape, np.float32)
+    lse = np.empty(q.shape[:3], np.float32)
+    _decode_fwd(q, k, v, key_mask, scale, out, lse)
+    return out, lse
 
 
 # ----------------------------------------------------------------------------------- the Python wrappers

@@ -2,6 +2,7 @@
 
     attention_fwd(q, k, v, key_mask=None, causal=False, scale=None) -> (out, lse)
     attention_bwd(dout, q, k, v, out, lse, key_mask=None, causal=False, scale=None) -> (dq, dk, dv)
+    attention_decode_fwd(q, k, v, key_mask=None, scale=None) -> (out, lse)   one query (not in the contract)
 
 Same semantics as kernels/attention/reference.py (read its docstring for the math): q (B, H, Tq, D),
 k and v (B, H, Tk, D), key_mask (B, Tk) bool with True = may be attended to, causal aligned bottom-right,
@@ -108,3 +109,13 @@ def attention_bwd(dout, q, k, v, out, lse, key_mask=None, causal=False, scale=No
         (cdiv(Tq, rows), B * H), (NWARPS * WARP,), (q, k, v, dout, lse, delta, mask, dq) + shape_args,
     )
     return dq, dk, dv
+
+
+def attention_decode_fwd(q, k, v, key_mask=None, scale=None):
+    """One query per (batch, head) against a key/value cache (see reference.attention_decode_fwd). No kernel
+    of its own yet: attention_fwd with Tq = 1 and no causal mask computes the same."""
+    require_cupy()
+    if getattr(q, "ndim", 0) != 4 or q.shape[2] != 1:
+        raise ValueError(f"attention_decode_fwd: q must have shape (B, H, 1, D), got {getattr(q, 'shape', None)}; "
+                         "for several queries use attention_fwd")
+    return attention_fwd(q, k, v, key_mask, causal=False, scale=scale)

@@ -37,7 +37,8 @@ import math
 
 import numpy as np
 
-__all__ = ["attention_fwd", "attention_bwd", "allowed_mask", "check_inputs"]
+__all__ = ["attention_fwd", "attention_bwd", "attention_decode_fwd", "allowed_mask", "check_inputs",
+           "check_decode_inputs"]
 
 
 def check_inputs(op, q, k, v, key_mask=None, extra=()):
@@ -180,3 +181,29 @@ def attention_bwd(dout, q, k, v, out, lse, key_mask=None, causal=False, scale=No
     dq = (dS @ k) * s  # (B, H, Tq, Tk) @ (B, H, Tk, D) -> (B, H, Tq, D)
     dk = (dS.swapaxes(-1, -2) @ q) * s  # (B, H, Tk, Tq) @ (B, H, Tq, D) -> (B, H, Tk, D)
     return dq.astype(dtype, copy=False), dk.astype(dtype, copy=False), dv.astype(dtype, copy=False)
+
+
+def check_decode_inputs(q, k, v, key_mask=None):
+    """check_inputs for attention_decode_fwd, which also needs exactly one query (Tq = 1)."""
+    key_mask = check_inputs("attention_decode_fwd", q, k, v, key_mask)
+    if q.shape[2] != 1:
+        raise ValueError(f"attention_decode_fwd: q must hold one query per (batch, head), shape (B, H, 1, D); got "
+                         f"{q.shape}. For several queries use attention_fwd (with causal=True on top of a cache).")
+    return key_mask
+
+
+def attention_decode_fwd(q, k, v, key_mask=None, scale=None):
+    """Attention of one new token over a key/value cache: attention_fwd with Tq = 1 and no causal mask.
+
+    When decoding, the one query (the newest position) may see every cached key, so the causal mask has
+    nothing to hide; what hides keys is key_mask (padding, and positions of the cache not written yet).
+    Not part of the kernel contract: the decoding loop (minillm/models/gpt2.py) calls it through
+    `kernels.attention.decode_kernel(backend)`.
+
+    Args:
+        q: (B, H, 1, D); k, v: (B, H, Tk, D); key_mask: optional (B, Tk) bool; scale: default 1/sqrt(D).
+    Returns:
+        out (B, H, 1, D), lse (B, H, 1): as attention_fwd's (0 and -inf where the query sees no key).
+    """
+    key_mask = check_decode_inputs(q, k, v, key_mask)
+    return attention_fwd(q, k, v, key_mask, causal=False, scale=scale)
