@@ -43,10 +43,13 @@ def prompt(B=2, T=5, seed=0, vocab=67):
 
 # --------------------------------------------------------------------------------------------------
 # the cache
-def test_cached_logits_match_the_full_forward(backend):
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_cached_logits_match_the_full_forward(backend, mode):
     """The prompt in one pass, then one token at a time, then three tokens at once (a causal block on top of
-    a cache: the bottom-right mask), then one more: every row equals the full forward's row."""
-    model = tiny_model()
+    a cache: the bottom-right mask), then one more: every row equals the full forward's row. In eval mode
+    under no_grad the blocks run on arrays (`infer`, the decode kernel); in training mode (dropout 0 here)
+    on the graph path with the fused kernel."""
+    model = tiny_model().train(mode == "train")
     ids = prompt(B=2, T=20, seed=1)
     with mm.no_grad():
         full = model(ids).logits.data                                      # (B, 20, V)
@@ -57,11 +60,43 @@ def test_cached_logits_match_the_full_forward(backend):
             assert out.past_key_values is cache and cache.get_seq_length() == t1
             rows.append(out.logits.data)
     # float32 rounding only: the same products summed in another order (BLAS blocks a (1, C) row and a
-    # (T, C) block differently; one query attends by two matmuls around the softmax kernel, the full pass by
-    # the tiled kernel). Measured <= 9e-6 on logits up to 9.3 (about 8 float32 ulps there: weights of std
-    # 0.5 amplify rounding), so 2e-5 leaves 2x; positions not continued from the cache, keys written at the
+    # (T, C) block differently; one query attends by the decode kernel, the full pass by the tiled kernel).
+    # Measured <= 7.1e-6 on logits up to 9.3 (about 8 float32 ulps there: weights of std 0.5 amplify
+    # rounding; 9e-6 with the earlier two-matmul form of one query), so 2e-5 leaves 2x; positions not continued from the cache, keys written at the
     # wrong offset or the cache's mask left out each fail it (checked).
     assert_close(np.concatenate(rows, axis=1), full, atol=2e-5, rtol=2e-6, name="cached logits")
+
+
+def test_inference_on_arrays_equals_the_graph_bit_for_bit(backend, monkeypatch):
+    """Under no_grad in eval mode GPT2Model runs `infer` (plain arrays); with autograd on, the graph. Both
+    make the same array operations in the same order, so the logits are identical, left padding and
+    position ids included; a spy checks that the no_grad pass really took the array path."""
+    from minillm.models.gpt2 import GPT2Block
+
+    model = tiny_model(seed=3)
+    ids = prompt(B=3, T=9, seed=3)
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0                                    # left padding, as generate's batches have
+    positions = np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
+    graph = model(ids, attention_mask=mask, position_ids=positions, labels=ids)
+    calls = []
+    infer = GPT2Block.infer
+    monkeypatch.setattr(GPT2Block, "infer", lambda self, *a: calls.append(1) or infer(self, *a))
+    with mm.no_grad():
+        arrays = model(ids, attention_mask=mask, position_ids=positions, labels=ids)
+    assert len(calls) == model.config.n_layer
+    assert graph.logits.requires_grad and not arrays.logits.requires_grad
+    np.testing.assert_array_equal(arrays.logits.data, graph.logits.data)
+    np.testing.assert_array_equal(arrays.loss.data, graph.loss.data)
+
+
+def test_no_grad_in_training_mode_keeps_dropout():
+    """The array path is for eval mode only: under no_grad a model in training mode still drops out."""
+    model = tiny_model(resid_pdrop=0.5).train()
+    ids = prompt()
+    with mm.no_grad():
+        a, b = model(ids).logits.data, model(ids).logits.data
+    assert not np.array_equal(a, b)
 
 
 def test_the_cache_grows_past_its_capacity_and_keeps_its_contents():

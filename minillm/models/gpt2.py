@@ -14,6 +14,12 @@ causal (`scaled_dot_product_attention(..., causal=True)`: position i sees positi
 is GELU's tanh approximation (`gelu(x, approximate="tanh")`, as GPT-2 was trained), and the projections
 are GPT-2's `Conv1D`: a linear layer whose weight is stored (in, out), the transpose of `nn.Linear`'s.
 
+Two ways through the same blocks. `forward` builds the autograd graph (training, and anything that needs a
+gradient); `infer`, beside it in every module, computes the same numbers on plain arrays (picoGPT-style),
+with no graph nodes, no Tensor wrappers and dropout off. `GPT2Model.forward` takes the second way by
+itself under `minillm.no_grad()` in eval mode: evaluation and generation run on it. At batch 1 with one
+new token a block is a dozen small array operations, so the wrappers would cost more than the arithmetic.
+
 Incremental decoding: with `use_cache=True` the forward pass also returns `past_key_values`, a `KVCache`
 holding every layer's keys and values; handing it back with only the new token(s) computes just their
 rows (see `KVCache`, docs/generation.md). `generate` (sampling in generation.py) is built on it.
@@ -29,8 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels.attention import decode_kernel
+
 from .. import functional as F
-from ..backend import xp
+from ..backend import kernels_for, xp
 from ..nn import Dropout, Embedding, LayerNorm, Module, ModuleList, Parameter
 from ..nn.layers import normal_init
 from ..tensor import Tensor, is_grad_enabled
@@ -153,6 +161,11 @@ class Conv1D(Module):
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
         return F.linear(x, self.weight.T, self.bias)
 
+    def infer(self, x):  # (..., in) -> (..., out), arrays: the products and sums of F.linear's forward
+        y = x.reshape(-1, x.shape[-1]) @ self.weight.data     # (N, in) @ (in, out) -> (N, out)
+        y += self.bias.data
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[0]}, out_features={self.weight.shape[1]}"
 
@@ -177,16 +190,28 @@ class GPT2Attention(Module):
             _warn_attention_dropout(self.dropout_p)
         if cache is None:
             out = F.packed_attention(qkv, key_mask=key_mask, causal=True)          # (B, H, T, D)
-        else:  # the new keys and values go into the cache; the queries see all of it (past + new)
+        else:  # (no_grad in training mode: dropout on) the new keys and values go into the cache
             keys, values, key_mask, causal = cache.update(layer, qkv.data[1], qkv.data[2])  # (B, H, Tk, D)
-            keys, values = Tensor(keys), Tensor(values)
-            if causal:  # several new tokens (the prompt): the fused kernel, causal mask bottom-right
-                out = F.scaled_dot_product_attention(qkv[0], keys, values, key_mask=key_mask, causal=True)
-            else:       # one new token: the equation as written (see KVCache)
-                scores = (qkv[0] @ keys.swapaxes(-1, -2)) * (1.0 / math.sqrt(C // H))   # (B, H, 1, Tk)
-                out = F.softmax(scores, mask=key_mask[:, None, None, :]) @ values     # (B, H, 1, D)
+            out = F.scaled_dot_product_attention(qkv[0], Tensor(keys), Tensor(values), key_mask=key_mask,
+                                                 causal=causal)
         out = out.transpose(0, 2, 1, 3).reshape(B, T, C)                           # (B, T, C)
         return self.resid_dropout(self.c_proj(out))
+
+    def infer(self, x, key_mask, cache: "KVCache | None" = None, layer: int = 0):
+        """forward on arrays (eval mode): x (B, T, C) -> (B, T, C). With a cache, one new token attends by
+        `attention_decode_fwd` (kernels/attention: one query against the cache's buffers, read in place)."""
+        B, T, C = x.shape
+        H = self.num_heads
+        q, k, v = self.c_attn.infer(x).reshape(B, T, 3, H, C // H).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        ops = kernels_for(x)                                                       # this backend's kernels
+        causal = True
+        if cache is not None:
+            k, v, key_mask, causal = cache.update(layer, k, v)                     # (B, H, Tk, D)
+        if causal:  # the whole sequence, or several new tokens on top of a cache: the fused kernel
+            out, _ = ops.attention_fwd(q, k, v, key_mask=key_mask, causal=True)       # (B, H, T, D)
+        else:       # one new token against the cache
+            out, _ = decode_kernel(ops.backend)(q, k, v, key_mask=key_mask)          # (B, H, 1, D)
+        return self.c_proj.infer(out.transpose(0, 2, 1, 3).reshape(B, T, C))     # (B, T, C)
 
 
 _warned_attention_dropout = False
@@ -213,6 +238,11 @@ class GPT2MLP(Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
+    def infer(self, x):  # (B, T, C) -> (B, T, 4C) -> (B, T, C), arrays
+        ops = kernels_for(x)
+        gelu = ops.gelu_tanh_fwd if self.approximate == "tanh" else ops.gelu_fwd
+        return self.c_proj.infer(gelu(self.c_fc.infer(x)))
+
 
 class GPT2Block(Module):
     """Pre-LN: each sublayer reads a normalised copy of the residual stream and adds its result back."""
@@ -226,6 +256,15 @@ class GPT2Block(Module):
     def forward(self, x: Tensor, key_mask, cache: "KVCache | None" = None, layer: int = 0) -> Tensor:
         x = x + self.attn(self.ln_1(x), key_mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
+
+    def infer(self, x, key_mask, cache: "KVCache | None" = None, layer: int = 0):  # (B, T, C), arrays
+        x = x + self.attn.infer(layer_norm(self.ln_1, x), key_mask, cache, layer)
+        return x + self.mlp.infer(layer_norm(self.ln_2, x))
+
+
+def layer_norm(ln: LayerNorm, x):
+    """An nn.LayerNorm applied to an array: its kernel, without the graph node."""
+    return kernels_for(x).layernorm_fwd(x, ln.weight.data, ln.bias.data, ln.eps)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,12 +290,12 @@ class KVCache:
     A one-token step reads the whole buffer with the unwritten positions masked out, and no causal mask (a
     single query's keys are all in its past): the buffer is contiguous and is read in place, where a slice
     `[:, :, :L]` of it is not contiguous and would be copied at every step and layer. With one query the
-    scores are a single row per head, (B, H, 1, Tk), so the attention module computes softmax(q K^T /
-    sqrt(D)) V as written, two batched BLAS products around the softmax kernel: the fused kernel's tiles
+    scores are a single row per head, (B, H, 1, Tk), so the attention module calls `attention_decode_fwd`
+    (kernels/attention), which reads each written key once and skips the rest: the fused kernel's tiles
     hold 128 queries side by side in the vector lanes (kernels/attention/cpu.py, v3), and with one query
-    its loops run scalar (measured at Tk = 136, GPT-2 small's shape: 0.21 ms against 0.05 ms per layer).
-    Several tokens at once (the prompt) take the slice and the fused kernel with the causal mask aligned
-    bottom-right (query i sees key j when j <= i + past; docs/design.md).
+    its lanes sit empty (kernels/attention/NOTES.md has the times). Several tokens at once (the prompt)
+    take the slice and the fused kernel with the causal mask aligned bottom-right (query i sees key j when
+    j <= i + past; docs/design.md).
 
     Indexing follows transformers' caches: `len(cache)` layers, `cache[i]` -> (keys, values) of layer i as
     views (B, H, L, D), `to_legacy()` the tuple of those pairs, `from_legacy(pairs)` the other way.
@@ -398,10 +437,17 @@ class GPT2Model(GPT2PreTrainedModel):
                                  f"attention_mask has shape {tuple(key_mask.shape)} but input_ids has shape {(B, T)}")
         if cache is not None:
             cache.extend(B, T, key_mask, ids)    # the cache's own mask now covers past + new positions
-        x = self.drop(self.wte(ids) + self.wpe(position_ids))   # (B, T, C)
-        for layer, block in enumerate(self.h):
-            x = block(x, key_mask, cache, layer)                  # (B, T, C)
-        out = Output(last_hidden_state=self.ln_f(x))
+        if not is_grad_enabled() and not self.training:   # inference: the same blocks on arrays (infer)
+            x = self.wte(ids).data + self.wpe(position_ids).data                       # (B, T, C)
+            for layer, block in enumerate(self.h):
+                x = block.infer(x, key_mask, cache, layer)                             # (B, T, C)
+            hidden = Tensor(layer_norm(self.ln_f, x))
+        else:
+            x = self.drop(self.wte(ids) + self.wpe(position_ids))   # (B, T, C)
+            for layer, block in enumerate(self.h):
+                x = block(x, key_mask, cache, layer)                  # (B, T, C)
+            hidden = self.ln_f(x)
+        out = Output(last_hidden_state=hidden)
         if cache is not None:
             out["past_key_values"] = cache
         return out
