@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from kernels.fastexp import X_MAX, X_MIN, exp_into, fast_exp, fast_exp_scalar
+from kernels.fastexp import X_BOUNDED_MAX, X_MAX, X_MIN, exp_bounded_into, exp_into, fast_exp, fast_exp_scalar
 
 # ~1.7 ulp of float32 (ulp/2 = 6e-8): the Cody-Waite reduction + degree-7 polynomial measure 8.1e-8 worst
 # case over 2^24 points (see the module docstring); 2e-7 leaves room for a different rounding order of the
@@ -60,3 +60,31 @@ def test_in_place_and_scalar_agree():
 def test_lengths_around_vector_width(n):
     x = np.random.default_rng(n).uniform(-20, 20, n).astype(np.float32)
     np.testing.assert_allclose(fast_exp(x), np.exp(x.astype(np.float64)), rtol=REL_TOL)
+
+
+BOUNDED = st.floats(max_value=float(X_BOUNDED_MAX), width=32, allow_nan=False)  # incl. -inf and denormals
+
+
+@given(st.lists(BOUNDED, min_size=1, max_size=300))
+def test_bounded_exp_matches_contract_below_its_bound(xs):
+    """fast_exp_bounded (one 2^n factor, for callers whose x <= 88): exactly 0 below ln FLT_MIN, else within
+    fast_exp's relative bound REL_TOL of np.exp, and equal to fast_exp_scalar up to that bound (same polynomial,
+    the same reduction; only the way 2^n is applied differs, an exact power-of-two multiply in both)."""
+    x = np.array(xs, np.float32)
+    got = np.empty_like(x)
+    exp_bounded_into(x, got)
+    assert (got[x < X_MIN] == 0.0).all()
+    inside = x >= X_MIN
+    want = np.exp(x[inside].astype(np.float64))
+    if want.size:
+        assert (np.abs(got[inside] - want) / want).max() < REL_TOL
+    np.testing.assert_array_equal(got, fast_exp(x))
+
+
+def test_bounded_exp_edges():
+    x = np.array([-np.inf, -88.0, 0.0, -0.0, 1e-7, 88.0, np.nan], np.float32)
+    got = np.empty_like(x)
+    exp_bounded_into(x, got)
+    assert got[0] == 0.0 and got[1] == 0.0 and got[2] == 1.0 and got[3] == 1.0
+    assert abs(got[4] - 1.0000001) < 1e-7 and np.isfinite(got[5])  # 2^127 times exp(r): still a normal float32
+    assert np.isnan(got[6])
