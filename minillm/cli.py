@@ -136,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy, F1 and confusion matrix on a labelled TSV")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--zero-shot", action="store_true", help="score with the MLM head through a cloze prompt")
-    p.add_argument("--prompt", default=None, help="cloze prompt with {sentence} and [MASK]")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="no classifier: a BERT MLM fills a cloze prompt's [MASK], a GPT-2 writes the next word")
+    p.add_argument("--prompt", default=None,
+                   help="a prompt with {sentence}: a cloze with [MASK] for a BERT, text that the label word "
+                        "continues for a GPT-2")
     p.add_argument("--no-calibrate", action="store_true",
                    help="zero-shot without dividing by the label words' content-free prior")
     p.add_argument("--label-words", default=None,
@@ -227,13 +230,14 @@ def run(args) -> int:
             weight_decay=args.weight_decay, dropout=args.dropout, device=device))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":
-        from .train.finetune import DEFAULT_LABEL_WORDS, DEFAULT_PROMPT, evaluate_path, evaluate_zero_shot
+        from .train.finetune import evaluate_path
+        from .train.zero_shot_clm import evaluate_zero_shot_any
 
-        if args.zero_shot:
-            words = DEFAULT_LABEL_WORDS if not args.label_words else tuple(
+        if args.zero_shot:  # the checkpoint's model_type picks the cloze (BERT) or next-word (GPT-2) classifier
+            words = None if not args.label_words else tuple(
                 tuple(w.strip() for w in group.split(",") if w.strip()) for group in args.label_words.split(";"))
-            result = evaluate_zero_shot(args.model, args.data, args.prompt or DEFAULT_PROMPT, words,
-                                        calibrate=not args.no_calibrate, device=device)
+            result = evaluate_zero_shot_any(args.model, args.data, args.prompt, words,
+                                            calibrate=not args.no_calibrate, device=device)
         else:
             result = evaluate_path(args.model, args.data, device=device)
         print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['f1']:.4f}  n {result['n']}")

@@ -18,11 +18,15 @@ empty sentence, and the result normalised again, so that a label word the model 
 does not win every sentence. The prompt is never cut; a sentence too long for the model loses its first
 tokens, so the words next to the prompt stay.
 
+`evaluate_zero_shot_any` is what `minillm evaluate --zero-shot` calls: it reads the checkpoint's model_type
+and hands a GPT-2 to this file's classifier, a BERT masked LM to the cloze classifier (finetune.py).
+
 What this is not: prompt search (benchmarks/clm_study.py chooses among a few prompts on SST-2 train),
 or in-context examples.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +130,50 @@ def evaluate_zero_shot_clm(path, data, prompt: str = DEFAULT_CLM_PROMPT, label_w
     probs = zero_shot_clm_scores(model, tok, sentences, prompt, label_words, calibrate=calibrate)
     return {"loss": float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean()),
             **classification_metrics(probs.argmax(-1), labels, len(label_words))}
+
+
+# model_type (config.json) -> how a zero-shot classifier reads that family
+ZERO_SHOT_MODEL_TYPES = {"bert": "masked", "minillm-bert-alibi": "masked", "gpt2": "causal"}
+
+
+def zero_shot_kind(path) -> str:
+    """"masked" (a BERT MLM: cloze prompt) or "causal" (GPT-2: the next word), from `path`/config.json's
+    model_type; FileNotFoundError / ValueError saying what is wrong otherwise."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: missing; --model must be a folder written by save_pretrained "
+                                "(`minillm pretrain` writes one)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{config}: not a JSON object of config fields ({e})") from e
+    if model_type not in ZERO_SHOT_MODEL_TYPES:
+        known = ", ".join(f"{t!r} ({kind})" for t, kind in ZERO_SHOT_MODEL_TYPES.items())
+        raise ValueError(f"{path} holds a {model_type!r} model (config.json's model_type); zero-shot scoring reads "
+                         f"language models of these types: {known}")
+    return ZERO_SHOT_MODEL_TYPES[model_type]
+
+
+def evaluate_zero_shot_any(path, data, prompt: str | None = None, label_words=None, calibrate: bool = True,
+                           device: str = "cpu") -> dict:
+    """`minillm evaluate --zero-shot` on either family, chosen by the checkpoint's model_type.
+
+    A BERT masked LM fills the [MASK] of a cloze prompt (finetune.evaluate_zero_shot, DEFAULT_PROMPT); a
+    GPT-2 continues a prompt that ends where the verdict would follow (evaluate_zero_shot_clm,
+    DEFAULT_CLM_PROMPT). prompt / label_words None take the family's defaults. A causal model scores each
+    label word as it follows another word, with a leading space (" great", one byte-level BPE token), so a
+    word given without one gets it.
+    """
+    kind = zero_shot_kind(path)
+    if kind == "masked":
+        from .finetune import DEFAULT_LABEL_WORDS, DEFAULT_PROMPT, evaluate_zero_shot
+
+        return evaluate_zero_shot(path, data, prompt or DEFAULT_PROMPT, label_words or DEFAULT_LABEL_WORDS,
+                                  calibrate=calibrate, device=device)
+    if prompt is not None and "[MASK]" in prompt:
+        raise ValueError(f"prompt {prompt!r} has a [MASK], but {path} is a causal language model: it continues the "
+                         "prompt, so end the prompt where the label word would follow (e.g. "
+                         f"{DEFAULT_CLM_PROMPT!r})")
+    words = DEFAULT_CLM_LABEL_WORDS if label_words is None else tuple(
+        tuple(w if w.startswith(" ") else " " + w for w in group) for group in label_words)
+    return evaluate_zero_shot_clm(path, data, prompt or DEFAULT_CLM_PROMPT, words, calibrate=calibrate, device=device)
