@@ -14,12 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kernels.testing import assert_close
-from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, rng_from
+from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, masks, rng_from
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 cpu = {f: importlib.import_module(f"kernels.{f}.cpu") for f in ("gelu", "layernorm", "softmax", "adamw")}
 ref = {f: importlib.import_module(f"kernels.{f}.reference") for f in ("gelu", "layernorm", "softmax", "adamw")}
 f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+
+
+def close(got, want, tol, name, floor=0.0):
+    """Norm-relative, as in test_kernels_rowwise.py: |got - want| <= tol * (|want| + max(max|want|, floor))."""
+    want = np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max(initial=0.0)), floor, 1e-30)
+    assert_close(np.asarray(got), want, atol=tol * scale, rtol=tol, name=name)
 
 
 # ---------------------------------------------------------------- GELU
@@ -88,6 +95,88 @@ def test_gelu_tanh_version_matches_reference(version, data, n, L):
     assert_close(fwd(x), ref["gelu"].gelu_tanh_fwd(f64(x)), atol=1e-6, rtol=2e-5, name=f"gelu_tanh_fwd {version}")
     assert_close(bwd(x, dy), ref["gelu"].gelu_tanh_bwd(f64(x), f64(dy)), atol=1e-6, rtol=2e-5,
                  name=f"gelu_tanh_bwd {version}")
+
+
+# ---------------------------------------------------------------- layer norm
+# The property tests of test_kernels_rowwise.py, run on each numbered version (tolerances and their reasons:
+# see there).
+
+
+@pytest.mark.parametrize("version", sorted(cpu["layernorm"].VERSIONS["layernorm_fwd"]))
+@FIXTURE_OK
+@given(data=st.data(), a=SMALL_DIMS, b=SMALL_DIMS, C=ODD_DIMS, eps=st.sampled_from([1e-12, 1e-5]))
+def test_layernorm_version_matches_reference(version, data, a, b, C, eps):
+    kind = data.draw(st.sampled_from(["normal", "extreme", "tiny", "constant", "near_constant"]))
+    x = data.draw(arrays((a, b, C), kind=kind))
+    rng = rng_from(data.draw)
+    w, bias = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    fwd, bwd = cpu["layernorm"].VERSIONS["layernorm_fwd"][version], cpu["layernorm"].VERSIONS["layernorm_bwd"][version]
+    y, mean, rstd = fwd(x, w, bias, eps)
+    Y, M, R = ref["layernorm"].layernorm_fwd(f64(x), f64(w), f64(bias), eps)
+    for got, want, name in ((y, Y, "y"), (mean, M, "mean"), (rstd, R, "rstd")):
+        close(got, want, 2e-4, f"layernorm {name} {version}")  # 2e-4 norm-relative: see test_kernels_rowwise.py
+    dx, dw, db = bwd(dy, x, w, mean, rstd)
+    DX, DW, DB = ref["layernorm"].layernorm_bwd(f64(dy), f64(x), f64(w), M, R)
+    xhat = (f64(x) - M[..., None]) * R[..., None]
+    close(dx, DX, 2e-4, f"layernorm dx {version}", floor=R.max() * np.abs(dy * w).max())
+    close(dw, DW, 2e-4, f"layernorm dweight {version}", floor=np.abs(dy * xhat).sum((0, 1)).max())
+    close(db, DB, 2e-4, f"layernorm dbias {version}", floor=np.abs(dy).sum((0, 1)).max())
+
+
+@pytest.mark.parametrize("version", sorted(cpu["layernorm"].VERSIONS["layernorm_fwd"]))
+@FIXTURE_OK
+@given(data=st.data(), n=SMALL_DIMS, C=st.sampled_from([1, 7, 64, 127, 384, 768]))
+def test_layernorm_version_near_constant_rows_match_float64(version, data, n, C):
+    """Rows a few ulps to 1e-5 wide at eps = 1e-12, where any rounding of the mean shows (see rowwise)."""
+    x = data.draw(arrays((n, C), kind="near_constant"))
+    rng = rng_from(data.draw)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    fwd, bwd = cpu["layernorm"].VERSIONS["layernorm_fwd"][version], cpu["layernorm"].VERSIONS["layernorm_bwd"][version]
+    y, mean, rstd = fwd(x, w, b, 1e-12)
+    _, M, R = ref["layernorm"].layernorm_fwd(f64(x), f64(w), f64(b), 1e-12)
+    xc = f64(x) - f64(x).mean(-1, keepdims=True)  # layer norm from its definition, in float64
+    want = xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-12) * f64(w) + f64(b)
+    close(y, want, 1e-5, f"layernorm y {version}")  # 1e-5 norm-relative: test_kernels_rowwise.py says why
+    close(rstd, R, 1e-5, f"layernorm rstd {version}")
+    dx, dw, _ = bwd(dy, x, w, mean, rstd)
+    DX, DW, _ = ref["layernorm"].layernorm_bwd(f64(dy), f64(x), f64(w), M, R)
+    close(dx, DX, 1e-5, f"layernorm dx {version}")
+    xhat = (f64(x) - M[:, None]) * R[:, None]
+    close(dw, DW, 1e-5, f"layernorm dweight {version}", floor=np.abs(dy * xhat).sum(0).max())
+
+
+@pytest.mark.parametrize("version", sorted(cpu["layernorm"].VERSIONS["layernorm_fwd"]))
+def test_layernorm_version_constant_rows_give_the_bias_exactly(version):
+    C = 384
+    x = np.repeat(np.array([3.3, 0.7, -1.1, 0.0, 1e-20, 123456.7, -3e5], np.float32)[:, None], C, axis=1)
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    y, mean, rstd = cpu["layernorm"].VERSIONS["layernorm_fwd"][version](x, w, b, 1e-12)
+    np.testing.assert_array_equal(y, np.broadcast_to(b, y.shape))
+    _, dw, _ = cpu["layernorm"].VERSIONS["layernorm_bwd"][version](rng.standard_normal(x.shape), x, w, mean, rstd)
+    np.testing.assert_array_equal(dw, 0.0)
+
+
+# ---------------------------------------------------------------- softmax
+
+
+@pytest.mark.parametrize("version", sorted(cpu["softmax"].VERSIONS["softmax_bwd"]))
+@FIXTURE_OK
+@given(data=st.data(), n=SMALL_DIMS, L=st.one_of(ODD_DIMS, st.sampled_from([128, 384, 769])), masked=st.booleans())
+def test_softmax_bwd_version_matches_reference(version, data, n, L, masked):
+    x = data.draw(arrays((n, L)))
+    mask = data.draw(masks((n, L))) if masked else None
+    y = ref["softmax"].softmax_fwd(f64(x), mask).astype(np.float32)  # rows of probabilities, some all 0
+    dy = (rng_from(data.draw).standard_normal((n, L)) * data.draw(st.sampled_from([1e-6, 1.0, 1e4])))
+    dy = dy.astype(np.float32)
+    dx = cpu["softmax"].VERSIONS["softmax_bwd"][version](y, dy)
+    # test_kernels_rowwise.py's bounds: one dot of L float32 terms, each at most max|dy| (y <= 1)
+    close(dx, ref["softmax"].softmax_bwd(f64(y), f64(dy)), 1e-5, f"softmax_bwd {version}", floor=np.abs(dy).max())
+    kept = y.sum(-1) > 0
+    np.testing.assert_allclose(dx.sum(-1)[kept], 0.0, atol=1e-5 * max(1.0, np.abs(dy).max()) * (1 + L / 8))
+    assert (dx[~kept] == 0).all()
 
 
 # ---------------------------------------------------------------- AdamW

@@ -6,13 +6,20 @@ Versions (each checked against reference.py by the tests and by benchmarks/kerne
         v1  naive: per row a mean pass, a variance pass and a normalize pass with serial float sums
             (a chain of dependent adds: one every ~4 cycles).
         v2  the same two-pass statistics (two-pass is exact for a constant row, unlike E[x^2] - E[x]^2),
-            with 8-lane reductions (sum8/dot8), so all three passes vectorize. The winner.
+            with 8-lane reductions (sum8/dot8), so all three passes vectorize. But the 8 lanes are one ymm
+            register: each reduction is one chain of dependent vaddps, 4 cycles per 8 floats.
+        v3  reductions compiled with fastmath={"reassoc"} (and nothing else), in small non-inlined functions:
+            LLVM may then reorder the sum and keeps four independent ymm accumulators (32 lanes), 4x the
+            throughput of one chain; the variance pass only reads (no centred row parked in y); FMA
+            contraction in the normalize pass. The winner.
     layernorm_bwd
         v1  naive: dx per row in prange with serial sums; dweight/dbias in a separate single-threaded loop
             over all rows (correct and deterministic but a second full read of dy and x, on one core).
         v2  fused: one pass over each row computes dx and accumulates dy*xhat and dy into per-chunk partial
             sums (chunks of CHUNK rows, fixed size, so the sums are identical whatever the thread count);
-            then the (n_chunks, C) partials are reduced in a fixed order. No races, deterministic. The winner.
+            then the (n_chunks, C) partials are reduced in a fixed order. No races, deterministic.
+        v3  v2 with v3's reassociating reductions; the two row sums of g = dy w (sum g, sum g xhat) in one pass.
+            No FMA contraction (it broke dx = 0 for one-column rows: tests/test_kernel_versions.py). The winner.
 
 Numerics, in every version (see reference.py for the why): the forward takes its statistics of the row
 shifted by its first element, d = x - x_0, so a constant row gives exactly xhat = 0 and y = bias even at
@@ -183,6 +190,85 @@ def _bwd_v2(dy, x, w, mean, rstd, dx, dw, db):
             db[c] += db_part[k, c]
 
 
+# ---- v3: reductions LLVM may reorder. Each is its own (non-inlined) function, so that fastmath={"reassoc"}
+# applies to its loop alone: Numba-level inlining would compile it with the caller's flags. The result is still
+# deterministic (one fixed order per compiled binary, per row: independent of the thread count) and no less
+# accurate than a serial sum (it is a 32-way partial pairwise sum); only the order is the compiler's choice.
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _rsum_minus(a, s):
+    """sum_c (a[c] - s)."""
+    t = ZERO
+    for c in range(a.shape[0]):
+        t += a[c] - s
+    return t
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _rsumsq_minus(a, s, m):
+    """sum_c ((a[c] - s) - m)^2: the variance numerator of the row shifted by s, centred by its mean m."""
+    t = ZERO
+    for c in range(a.shape[0]):
+        d = (a[c] - s) - m
+        t += d * d
+    return t
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _rsums_g(dy, w, xh):
+    """(sum_c g, sum_c g xhat) with g = dy * w, in one pass."""
+    sg = ZERO
+    sgx = ZERO
+    for c in range(dy.shape[0]):
+        g = dy[c] * w[c]
+        sg += g
+        sgx += g * xh[c]
+    return sg, sgx
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _fwd_v3(x, w, b, eps, y, mean, rstd):
+    N, C = x.shape
+    for i in prange(N):
+        xr, yr = x[i], y[i]  # (C,) views
+        x0 = xr[0]  # shift: statistics of d = x - x0, exact zeros for a constant row
+        dmu = _rsum_minus(xr, x0) / np.float32(C)
+        r = ONE / np.sqrt(_rsumsq_minus(xr, x0, dmu) / np.float32(C) + eps)
+        for c in range(C):
+            yr[c] = ((xr[c] - x0) - dmu) * r * w[c] + b[c]
+        mean[i] = x0 + dmu
+        rstd[i] = r
+
+
+@njit(cache=True, parallel=True)  # no FMA contraction here: see the last loop
+def _bwd_v3(dy, x, w, mean, rstd, dx, dw, db):
+    N, C = x.shape
+    n_chunks = (N + CHUNK - 1) // CHUNK
+    dw_part = np.zeros((n_chunks, C), np.float32)  # one row of partial sums per chunk of rows: no sharing
+    db_part = np.zeros((n_chunks, C), np.float32)
+    for k in prange(n_chunks):
+        dwk, dbk = dw_part[k], db_part[k]
+        for i in range(k * CHUNK, min(N, (k + 1) * CHUNK)):
+            xr, dyr, dxr = x[i], dy[i], dx[i]
+            mu, r = mean[i], rstd[i]
+            off = _rsum_minus(xr, mu) / np.float32(C)  # rounding of the float32 mean: re-centre x - mu
+            for c in range(C):  # park xhat in dx's row (in L1) and accumulate the weight/bias partials
+                xh = ((xr[c] - mu) - off) * r
+                dxr[c] = xh
+                dwk[c] += dyr[c] * xh
+                dbk[c] += dyr[c]
+            sg, sgx = _rsums_g(dyr, w, dxr)
+            sg, sgx = sg / np.float32(C), sgx / np.float32(C)
+            for c in range(C):  # an FMA would form dy*w - sg with the exact product but a rounded sg: with
+                # C = 1 (g - mean g = 0 exactly) that leaves the product's rounding error times rstd (1e6)
+                dxr[c] = r * (dyr[c] * w[c] - sg - dxr[c] * sgx)
+    for k in range(n_chunks):  # fixed-order reduction of the partials: deterministic
+        for c in range(C):
+            dw[c] += dw_part[k, c]
+            db[c] += db_part[k, c]
+
+
 # ---- thin Python wrappers: validate, convert, reshape; never let bad input reach compiled code
 
 
@@ -230,8 +316,8 @@ def _make_bwd(kernel):
 
 
 VERSIONS = {
-    "layernorm_fwd": {"v1": _make_fwd(_fwd_v1), "v2": _make_fwd(_fwd_v2)},
-    "layernorm_bwd": {"v1": _make_bwd(_bwd_v1), "v2": _make_bwd(_bwd_v2)},
+    "layernorm_fwd": {"v1": _make_fwd(_fwd_v1), "v2": _make_fwd(_fwd_v2), "v3": _make_fwd(_fwd_v3)},
+    "layernorm_bwd": {"v1": _make_bwd(_bwd_v1), "v2": _make_bwd(_bwd_v2), "v3": _make_bwd(_bwd_v3)},
 }
-layernorm_fwd = VERSIONS["layernorm_fwd"]["v2"]
-layernorm_bwd = VERSIONS["layernorm_bwd"]["v2"]
+layernorm_fwd = VERSIONS["layernorm_fwd"]["v3"]
+layernorm_bwd = VERSIONS["layernorm_bwd"]["v3"]
