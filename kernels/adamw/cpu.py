@@ -17,8 +17,9 @@ Versions (each checked against reference.py by the tests and by benchmarks/kerne
             own views indexed from 0: 8-wide vsqrtps / vdivps, plain vector loads and stores. The winner.
         v3  v2 with one divide instead of two (sqrt(v) / sqrt(bc2) becomes sqrt(v) * (1 / sqrt(bc2)), the
             reciprocal folded in Python) and FMA contraction: no longer PyTorch's exact operation order
-            (a rounding's difference in the denominator, ~1e-7 of the update). Lost: the same time as v2
-            (11.4 ms, 1 thread, alternating in one process): v2 is already bound by memory, not the divider.
+            (a rounding's difference in the denominator, ~1e-7 of the update). A tie, so not the winner: the
+            same time as v2 (within 2%, either way run to run): v2 is bound by memory, not by the divider,
+            and keeps PyTorch's order.
 
 Scalars (bias corrections, step size) are computed once in Python, in float64, then rounded to float32.
 Arrays must be float32, C-contiguous and of one shape: updating a converted copy in place would silently
