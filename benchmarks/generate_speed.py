@@ -17,10 +17,15 @@ init), then times --repeats generations of --new-tokens tokens. tokens/s = new t
 per-round median times (prompt included: it is one step of the loop). The three engines must produce the
 same tokens (cache and full: all of them; torch: at least the first --agree tokens, since float32 sums in
 another order may flip a near-tie of random weights later on), or nothing is reported. The cache worker
-then profiles one more generation (cProfile) and reports where its time goes: BLAS matmuls (the
-projections and the vocabulary head), each kernel family, and the rest (Python, the autograd-free
-Tensor wrappers, allocation). Results: generate.md/.json in benchmarks/results (--quick: a temp folder).
-Nothing here asserts a speed.
+then profiles one more generation (cProfile) and reports where its time goes: the block projections and
+the vocabulary head (BLAS), the one-query attention kernel, the other kernel families, and the rest
+(Python, allocation).
+
+The floor of a cached step: at batch 1 a step multiplies one row by every weight matrix once, so it must
+read every weight once; each worker measures how fast one BLAS matrix-vector product reads a 256 MB
+matrix (the gemv line, far beyond any cache), and weight bytes / that line is the step's floor. A model
+whose weights fit in the last-level cache can beat it. Results: generate.md/.json in benchmarks/results
+(--quick: a temp folder). Nothing here asserts a speed.
 """
 from __future__ import annotations
 
@@ -82,6 +87,27 @@ def config(shape: str) -> dict:
                 embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
 
 
+GEMV_ROWS, GEMV_COLS = 1 << 16, 1 << 10   # a 256 MB float32 matrix: far beyond any cache
+
+
+def numpy_gemv_gbs(repeats: int = 5) -> float:
+    """GB/s at which NumPy's BLAS reads a matrix in a matrix-vector product (W x, W 256 MB): a decode step's
+    pattern, one row of activations against every weight."""
+    import numpy as np
+
+    w = np.full((GEMV_ROWS, GEMV_COLS), 0.5, np.float32)    # the values do not change the time
+    x = np.ones(GEMV_COLS, np.float32)
+    return w.nbytes / min(H.time_calls(lambda: w @ x, repeats)) / 1e9
+
+
+def torch_gemv_gbs(repeats: int = 5) -> float:
+    import torch
+
+    w = torch.full((GEMV_ROWS, GEMV_COLS), 0.5)
+    x = torch.ones(GEMV_COLS)
+    return w.numel() * 4 / min(H.time_calls(lambda: w @ x, repeats)) / 1e9
+
+
 def weight_bytes(shape: str) -> int:
     """float32 bytes one cached step must read at least once: every block's weights and the (tied) embedding
     matrix, read by the vocabulary head. At batch 1 a step is bound by this traffic, not by FLOPs."""
@@ -131,34 +157,40 @@ def make_torch(shape: str):
     return run, model
 
 
+PROFILE_GROUPS = ("block projections (BLAS)", "vocabulary head (BLAS)", "one query's attention (decode kernel)",
+                  "attention kernel (the prompt)", "layernorm kernel", "gelu kernel", "sampling (argmax)")
+
+
 def profile_minillm(model, ids, n: int) -> dict:
     """Seconds of one cached generation by where they go (cProfile's own time per function, grouped)."""
     import cProfile
+    import inspect
     import pstats
+
+    from minillm.models.gpt2 import Conv1D
 
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.runcall(model.generate, ids, max_new_tokens=n)
     total = time.perf_counter() - t0
-    groups = {"projections and head (BLAS)": 0.0, "one query's attention (two matmuls, softmax kernel)": 0.0,
-              "attention kernel (the prompt)": 0.0, "layernorm kernel": 0.0, "gelu kernel": 0.0,
-              "sampling (argmax)": 0.0}
+    groups = dict.fromkeys(PROFILE_GROUPS, 0.0)
+    conv1d = (inspect.getsourcefile(Conv1D.infer), Conv1D.infer.__code__.co_firstlineno)
     stats = pstats.Stats(prof).stats
-    for (path, _, name), (_, _, tottime, _, _) in stats.items():
+    for (path, line, name), (_, _, tottime, _, _) in stats.items():
+        if (path, line) == conv1d:        # x W + b on arrays: the matmul and the bias add
+            groups["block projections (BLAS)"] += tottime
         if path.endswith(os.path.join("minillm", "functional.py")) and name == "forward":
-            groups["projections and head (BLAS)"] += tottime   # Linear.forward: the matmul and the bias add
-        if (path.endswith(os.path.join("minillm", "tensor.py")) and name == "__matmul__") or \
-                os.path.join("kernels", "softmax") in path:    # Tensor @ is used by the one-query attention only
-            groups["one query's attention (two matmuls, softmax kernel)"] += tottime
+            groups["vocabulary head (BLAS)"] += tottime   # Linear.forward: h E^T, the one F.linear left
         if os.path.join("kernels", "attention") in path:
-            groups["attention kernel (the prompt)"] += tottime
+            groups["one query's attention (decode kernel)" if "decode" in name else
+                   "attention kernel (the prompt)"] += tottime
         for family in ("layernorm", "gelu"):
             if os.path.join("kernels", family) in path:
                 groups[f"{family} kernel"] += tottime
         if name == "next_tokens" or "argmax" in name:
             groups["sampling (argmax)"] += tottime
     profiled = sum(v[2] for v in stats.values())
-    groups["everything else (Python, wrappers, allocation)"] = max(0.0, profiled - sum(groups.values()))
+    groups["everything else (Python, allocation)"] = max(0.0, profiled - sum(groups.values()))
     return {"total_s": total, "profiled_s": profiled, "groups": groups}
 
 
@@ -181,10 +213,10 @@ def worker(args, mode: str, shape: str) -> dict:
         import transformers  # noqa: F401
 
         torch.set_num_threads(args.threads)
-        machine = {"matmul_gflops": H.torch_matmul_gflops()}
+        machine = {"matmul_gflops": H.torch_matmul_gflops(), "gemv_gbs": torch_gemv_gbs()}
         blas = H.torch_blas_info()
     else:
-        machine = {"matmul_gflops": H.numpy_matmul_gflops()}
+        machine = {"matmul_gflops": H.numpy_matmul_gflops(), "gemv_gbs": numpy_gemv_gbs()}
         blas = H.blas_info()
     import minillm as mm
 
@@ -229,6 +261,10 @@ def collect(args) -> dict:
                 H.log(f"  {args.new_tokens} tokens in " + ", ".join(f"{t:.2f}" for t in w["times"]) + " s")
                 workers.append(w)
     machine = H.machine_lines(workers)
+    gemv = {e: max(w["machine"]["gemv_gbs"] for w in workers if w["engine"] == e and "gemv_gbs" in w["machine"])
+            for e in H.ENGINES if any(w["engine"] == e and "gemv_gbs" in w["machine"] for w in workers)}
+    if gemv:
+        machine["gemv_gbs"] = {"per_engine": gemv, "line": max(gemv.values())}
     results = []
     for shape in shapes:
         ws = {m: [w for w in workers if (w["mode"], w["shape"]) == (m, shape)] for m in MODES}
@@ -315,26 +351,39 @@ def write(args, data: dict) -> None:
               "## Where a cached generation's time goes (minillm)", "",
               "One more cached generation in the cache worker under cProfile (own time per function, grouped; the "
               "profiler's overhead, about the difference between the profiled and the timed seconds, lands in "
-              "'everything else'); the least disturbed of the rounds. At batch 1 a step "
-              "reads every weight once: the weight bytes / step time is the bandwidth a step achieves "
-              "(compare the memory line above; weights that fit in the last-level cache may exceed it).", "",
+              "'everything else'); the least disturbed of the rounds.", "",
               "| shape | timed s (no profiler) | profiled s | "
-              + " | ".join(next(iter(data["results"]))["profile"]["groups"]) +
-              " | weights MB | weights read per second at the cached speed, GB/s | vocabulary head alone, ms "
-              "(share of a cached step) |",
+              + " | ".join(next(iter(data["results"]))["profile"]["groups"]) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in next(iter(data["results"]))["profile"]["groups"]) +
-              " | --- | --- | --- |"]
+              " |"]
     for r in data["results"]:
         p = r["profile"]
-        step_s = r["cache"]["gen_s"]["median"] / n
         lines.append(f"| {r['shape']} | {r['cache']['gen_s']['median']:.2f} | {p['total_s']:.2f} | " + " | ".join(
-            f"{v:.2f} ({v / p['profiled_s']:.0%})" for v in p["groups"].values()) +
-            f" | {r['weight_bytes'] / 2**20:.0f} | {r['weight_bytes'] / step_s / 1e9:.1f} "
-            f"| {r['head_s'] * 1e3:.2f} ({r['head_s'] / step_s:.0%}) |")
-    lines += ["", "The vocabulary head (h E^T, V x C) runs once per step in both minillm modes (only the last "
-              "position is projected), so where it is a large share of a cached step, as in a narrow model with "
-              "GPT-2's 50,257-token vocabulary, recomputing the blocks adds relatively little and cache / full "
-              "stays lower.", "",
+            f"{v:.2f} ({v / p['profiled_s']:.0%})" for v in p["groups"].values()) + " |")
+    gemv = data["machine"].get("gemv_gbs")
+    if gemv:
+        per = gemv["per_engine"]
+        lines += ["", "## How far a cached step is from its floor", "",
+                  f"At batch 1 a step multiplies one row by every weight matrix once, so it must read every weight "
+                  f"once: the floor of a step is weight bytes / the rate at which a matrix-vector product reads a "
+                  f"matrix too large for any cache (the gemv line, measured in this run: {gemv['line']:.1f} GB/s; "
+                  f"NumPy {per.get('minillm', float('nan')):.1f}, PyTorch {per.get('torch', float('nan')):.1f}; "
+                  "weights that fit in the last-level cache can be read faster, and a step below the floor says "
+                  "so). The vocabulary head (h E^T, V x C, the tied embedding matrix) is projected once per step "
+                  "in both minillm modes (only the last position), so it bounds cache / full: a full step divided "
+                  "by the floor is the most any cache could gain over this full recomputation.", "",
+                  "| shape | weights MB | floor per step, ms | cached step, ms | cached step / floor | vocabulary "
+                  "head alone, ms (share of a cached step) | full step, ms | full step / floor (cache / full "
+                  "at the floor) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in data["results"]:
+            step_s = r["cache"]["gen_s"]["median"] / n
+            full_s = r["full"]["gen_s"]["median"] / n
+            floor_s = r["weight_bytes"] / (gemv["line"] * 1e9)
+            lines.append(f"| {r['shape']} | {r['weight_bytes'] / 2**20:.0f} | {floor_s * 1e3:.2f} | "
+                         f"{step_s * 1e3:.2f} | {step_s / floor_s:.2f} | {r['head_s'] * 1e3:.2f} "
+                         f"({r['head_s'] / step_s:.0%}) | {full_s * 1e3:.2f} | {full_s / floor_s:.1f}x |")
+    lines += ["",
               "Taken on a 2-core machine shared with other jobs (see the load average above): the absolute "
               "figures are noisy; the ratios are measured alternately in the same run. Re-measure on a quiet "
               "machine with the command on the first line.", ""]

@@ -27,7 +27,7 @@ def run_fresh(code: str, **env_overrides) -> dict:
 
 
 NUMPY_FIRST = """
-    import json, time, warnings
+    import json, os, time, warnings
     import numpy as np
     a = np.ones((512, 512), np.float32)
     a @ a                                   # OpenBLAS loaded and its worker threads started, timeout unset
@@ -35,7 +35,8 @@ NUMPY_FIRST = """
         warnings.simplefilter("always")
         import minillm
     import ctypes                           # OpenBLAS's own answer, read here without minillm's help
-    paths = {l.split()[-1] for l in open("/proc/self/maps") if "openblas" in l.rsplit("/", 1)[-1].lower()}
+    maps = open("/proc/self/maps").read().splitlines() if os.path.exists("/proc/self/maps") else []
+    paths = {l.split()[-1] for l in maps if "openblas" in l.rsplit("/", 1)[-1].lower()}
     libs = [lib for lib in map(ctypes.CDLL, sorted(paths)) if hasattr(lib, "openblas_thread_timeout")]
     for _ in range(5):
         a @ a                               # multi-threaded calls, after which idle workers spin or sleep
