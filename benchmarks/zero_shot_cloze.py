@@ -36,11 +36,38 @@ LABEL_WORDS = {
                                                                         "perfect")),
 }
 CANDIDATES = list(itertools.product(PROMPTS, LABEL_WORDS, (True, False)))
+SEARCH_K = (1, 3, 5, 10, 20)   # searched label words per label
+MIN_MEAN_PROBABILITY = 1e-4    # a searched word must be predicted at the [MASK] at least this much on average:
+                               # rarer words' log-ratios are too noisy to rank on a few thousand sentences
 RESULTS = REPO / "benchmarks" / "results" / "zero_shot_cloze"
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(-1) == labels).mean())
+
+
+def searched_label_words(model, tok, xs, ys, prompt, k_values=SEARCH_K) -> dict[int, tuple]:
+    """Label words found on labelled sentences (Schick et al. 2020, "Automatically identifying words that can
+    serve as labels"; Gao et al. 2021, LM-BFF): for every whole word w of the vocabulary, the mean of the
+    calibrated log-probability log p(w | prompt with sentence) - log p(w | prompt with no sentence) at the
+    [MASK] over the positive sentences minus that over the negative ones. The k highest are label 1's words,
+    the k lowest label 0's. Returns {k: (label 0 words, label 1 words)}."""
+    from minillm.train.finetune import mask_probabilities
+
+    prior = next(mask_probabilities(model, tok, [""], prompt))[1][0]
+    sums, total = np.zeros((2, len(prior))), np.zeros(len(prior))
+    for start, p in mask_probabilities(model, tok, xs, prompt):
+        r = np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(prior, 1e-30))
+        y = ys[start:start + len(p)]
+        sums[0] += r[y == 0].sum(0)
+        sums[1] += r[y == 1].sum(0)
+        total += p.sum(0)
+    score = sums[1] / max((ys == 1).sum(), 1) - sums[0] / max((ys == 0).sum(), 1)
+    vocab = tok.convert_ids_to_tokens(list(range(len(prior))))
+    usable = np.array([w.isalpha() and not w.startswith("##") for w in vocab]) & (total / len(xs) >= MIN_MEAN_PROBABILITY)
+    order = np.argsort(np.where(usable, score, np.nan))   # NaN sorts last
+    order = order[:usable.sum()]
+    return {k: (tuple(vocab[i] for i in order[:k]), tuple(vocab[i] for i in order[::-1][:k])) for k in k_values}
 
 
 def main(argv=None):
@@ -53,6 +80,8 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="a folder written by `minillm pretrain` (MLM head)")
     ap.add_argument("--data", default=os.environ.get("MINILLM_DATA"), help="folder with sst2/ (MINILLM_DATA)")
     ap.add_argument("--choose", type=int, default=2000, help="SST-2 train sentences the choice is made on")
+    ap.add_argument("--search", type=int, default=3000,
+                    help="other SST-2 train sentences the label words are searched on (0: no search)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=str(RESULTS), help="results path without suffix")
     args = ap.parse_args(argv)
@@ -61,23 +90,35 @@ def main(argv=None):
     model = BertForMaskedLM.from_pretrained(args.model)
     tok = BertTokenizer.from_pretrained(args.model)
     train_x, train_y = read_tsv(Path(args.data) / "sst2" / "train.tsv", num_labels=2)
-    pick = np.random.default_rng(args.seed).choice(len(train_x), size=min(args.choose, len(train_x)), replace=False)
+    order = np.random.default_rng(args.seed).permutation(len(train_x))
+    pick = order[:min(args.choose, len(train_x))]                       # ranks the candidates
+    search = order[len(pick):len(pick) + args.search]                    # disjoint from it
     xs, ys = [train_x[i] for i in pick], np.asarray(train_y)[pick]
+    words_of = dict(LABEL_WORDS)
+    candidates = list(CANDIDATES)
+    for prompt in PROMPTS if args.search else ():
+        found = searched_label_words(model, tok, [train_x[i] for i in search], np.asarray(train_y)[search], prompt)
+        for k, words in found.items():
+            name = f"searched k={k}: " + "/".join(",".join(w) for w in words) + f" ({prompt})"
+            words_of[name] = words
+            candidates.append((prompt, name, True))
     table = []
-    for prompt, words, calibrate in CANDIDATES:
-        acc = accuracy(zero_shot_scores(model, tok, xs, prompt, LABEL_WORDS[words], calibrate=calibrate), ys)
-        table.append({"prompt": prompt, "label_words": words, "calibrated": calibrate, "train_accuracy": acc})
+    for prompt, words, calibrate in candidates:
+        acc = accuracy(zero_shot_scores(model, tok, xs, prompt, words_of[words], calibrate=calibrate), ys)
+        table.append({"prompt": prompt, "label_words": words, "calibrated": calibrate, "train_accuracy": acc,
+                      "words": words_of[words]})
         print(f"{acc:.3f}  {prompt!r}  {words}  calibrated={calibrate}", flush=True)
     best = max(table, key=lambda r: r["train_accuracy"])
     dev_x, dev_y = read_tsv(Path(args.data) / "sst2" / "dev.tsv", num_labels=2)
-    dev = accuracy(zero_shot_scores(model, tok, dev_x, best["prompt"], LABEL_WORDS[best["label_words"]],
+    dev = accuracy(zero_shot_scores(model, tok, dev_x, best["prompt"], best["words"],
                                     calibrate=best["calibrated"]), np.asarray(dev_y))
     default = next(r for r in table if r["prompt"] == PROMPTS[0] and r["label_words"] == "terrible/great"
                    and r["calibrated"])
     record = {"command": "python benchmarks/zero_shot_cloze.py " + " ".join(
                   a if not a.startswith(str(REPO)) else os.path.relpath(a, REPO) for a in (argv or sys.argv[1:])),
               "model": os.path.relpath(args.model, REPO) if os.path.isabs(args.model) else args.model,
-              "choose_sentences": len(xs), "seed": args.seed, "candidates": table, "chosen": best,
+              "choose_sentences": len(xs), "search_sentences": len(search), "seed": args.seed,
+              "min_mean_probability": MIN_MEAN_PROBABILITY, "candidates": table, "chosen": best,
               "dev_accuracy": dev, "dev_n": len(dev_x), "dev_majority_share": float(max(np.mean(dev_y), 1 - np.mean(dev_y)))}
     out = Path(args.results)
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
@@ -90,7 +131,11 @@ def render(r: dict, default: dict) -> str:
     lines = ["# Zero-shot SST-2 with the MLM head (cloze), prompt chosen on SST-2 train", "",
              f"Regenerated by `{r['command']}`. Model: `{r['model']}`.", "",
              f"Chosen on {r['choose_sentences']} SST-2 *train* sentences (seed {r['seed']}) among "
-             f"{len(r['candidates'])} candidates: prompt `{c['prompt']}`, label words {c['label_words']}, "
+             f"{len(r['candidates'])} candidates (written-out label words, and label words searched on "
+             f"{r['search_sentences']} other SST-2 train sentences: per prompt, the whole words whose calibrated "
+             f"log-probability at the [MASK] differs most between positive and negative sentences, among words "
+             f"predicted there with mean probability >= {r['min_mean_probability']:g}; "
+             f"`searched_label_words`): prompt `{c['prompt']}`, label words {c['label_words']}, "
              f"{'calibrated' if c['calibrated'] else 'not calibrated'} (train accuracy {c['train_accuracy']:.3f}).",
              "",
              f"**SST-2 dev accuracy: {r['dev_accuracy']:.4f}** ({r['dev_n']} sentences, scored once; the larger "
