@@ -37,8 +37,6 @@ LABEL_WORDS = {
 }
 CANDIDATES = list(itertools.product(PROMPTS, LABEL_WORDS, (True, False)))
 SEARCH_K = (1, 3, 5, 10, 20)   # searched label words per label
-MIN_MEAN_PROBABILITY = 1e-4    # a searched word must be predicted at the [MASK] at least this much on average:
-                               # rarer words' log-ratios are too noisy to rank on a few thousand sentences
 RESULTS = REPO / "benchmarks" / "results" / "zero_shot_cloze"
 
 
@@ -46,35 +44,11 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(-1) == labels).mean())
 
 
-def searched_label_words(model, tok, xs, ys, prompt, k_values=SEARCH_K) -> dict[int, tuple]:
-    """Label words found on labelled sentences (Schick et al. 2020, "Automatically identifying words that can
-    serve as labels"; Gao et al. 2021, LM-BFF): for every whole word w of the vocabulary, the mean of the
-    calibrated log-probability log p(w | prompt with sentence) - log p(w | prompt with no sentence) at the
-    [MASK] over the positive sentences minus that over the negative ones. The k highest are label 1's words,
-    the k lowest label 0's. Returns {k: (label 0 words, label 1 words)}."""
-    from minillm.train.finetune import mask_probabilities
-
-    prior = next(mask_probabilities(model, tok, [""], prompt))[1][0]
-    sums, total = np.zeros((2, len(prior))), np.zeros(len(prior))
-    for start, p in mask_probabilities(model, tok, xs, prompt):
-        r = np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(prior, 1e-30))
-        y = ys[start:start + len(p)]
-        sums[0] += r[y == 0].sum(0)
-        sums[1] += r[y == 1].sum(0)
-        total += p.sum(0)
-    score = sums[1] / max((ys == 1).sum(), 1) - sums[0] / max((ys == 0).sum(), 1)
-    vocab = tok.convert_ids_to_tokens(list(range(len(prior))))
-    usable = np.array([w.isalpha() and not w.startswith("##") for w in vocab]) & (total / len(xs) >= MIN_MEAN_PROBABILITY)
-    order = np.argsort(np.where(usable, score, np.nan))   # NaN sorts last
-    order = order[:usable.sum()]
-    return {k: (tuple(vocab[i] for i in order[:k]), tuple(vocab[i] for i in order[::-1][:k])) for k in k_values}
-
-
 def main(argv=None):
     from minillm.data import read_tsv
     from minillm.models.bert import BertForMaskedLM
     from minillm.tokenizer import BertTokenizer
-    from minillm.train.finetune import zero_shot_scores
+    from minillm.train.finetune import MIN_MEAN_PROBABILITY, search_label_words, zero_shot_scores
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a folder written by `minillm pretrain` (MLM head)")
@@ -97,7 +71,8 @@ def main(argv=None):
     words_of = dict(LABEL_WORDS)
     candidates = list(CANDIDATES)
     for prompt in PROMPTS if args.search else ():
-        found = searched_label_words(model, tok, [train_x[i] for i in search], np.asarray(train_y)[search], prompt)
+        found = search_label_words(model, tok, [train_x[i] for i in search], np.asarray(train_y)[search], prompt,
+                                   SEARCH_K)
         for k, words in found.items():
             name = f"searched k={k}: " + "/".join(",".join(w) for w in words) + f" ({prompt})"
             words_of[name] = words
@@ -135,7 +110,7 @@ def render(r: dict, default: dict) -> str:
              f"{r['search_sentences']} other SST-2 train sentences: per prompt, the whole words whose calibrated "
              f"log-probability at the [MASK] differs most between positive and negative sentences, among words "
              f"predicted there with mean probability >= {r['min_mean_probability']:g}; "
-             f"`searched_label_words`): prompt `{c['prompt']}`, label words {c['label_words']}, "
+             f"`minillm.train.finetune.search_label_words`): prompt `{c['prompt']}`, label words {c['label_words']}, "
              f"{'calibrated' if c['calibrated'] else 'not calibrated'} (train accuracy {c['train_accuracy']:.3f}).",
              "",
              f"**SST-2 dev accuracy: {r['dev_accuracy']:.4f}** ({r['dev_n']} sentences, scored once; the larger "

@@ -104,6 +104,35 @@ def test_zero_shot_cuts_a_long_sentence_never_the_mask(mlm, tok):
     np.testing.assert_allclose(scores[0], calibrated_oracle(mlm, tok, cut, prompt, LABEL_WORDS), rtol=1e-5)
 
 
+def test_search_label_words_ranks_words_by_calibrated_log_ratio_between_classes(tok, monkeypatch):
+    from minillm.train import finetune as ft
+
+    V = len(VOCAB)
+    good, bad, rare, sub = (VOCAB.index(w) for w in ("good", "bad", "great", "[MASK]"))
+    prior = np.full(V, 1.0 / V)
+
+    def fake(model, tok, sentences, prompt, *args):   # the [MASK] distribution: a designed one per sentence
+        if sentences == [""]:
+            yield 0, prior[None]
+            return
+        rows = []
+        for s in sentences:
+            p = prior.copy()
+            p[good if s == "pos" else bad] *= 4       # each class raises its own word
+            p[rare] = 1e-9 if s == "pos" else 1e-12  # a huge log-ratio, but never predicted: must not compete
+            p[sub] *= 8 if s == "pos" else 1          # not a word (special token): must not compete
+            rows.append(p / p.sum())
+        for start in range(0, len(rows), 3):        # in batches, as the real one
+            yield start, np.array(rows[start:start + 3])
+
+    monkeypatch.setattr(ft, "mask_probabilities", fake)
+    sentences = ["pos", "neg"] * 5
+    found = ft.search_label_words(None, tok, sentences, [1, 0] * 5, k_values=(1, 2))
+    assert found[1] == (("bad",), ("good",))
+    assert found[2][0][0] == "bad" and found[2][1][0] == "good"
+    assert "great" not in found[2][0] + found[2][1] and "[MASK]" not in found[2][0] + found[2][1]
+
+
 def test_cloze_prompt_errors(tok):
     with pytest.raises(ValueError, match="once"):
         encode_cloze(tok, ["a"], "{sentence} [MASK] [MASK]")

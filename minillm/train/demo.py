@@ -4,10 +4,12 @@
        and check every file the run will read before the first step
     2. pretrain a small BERT with masked-language modelling (with ALiBi, see models/bert.py) on the IMDb
        unlabelled reviews when the data folder has them, WikiText-2 and the SST-2 *training* sentences
-    3. zero-shot: classify SST-2 dev sentences through the cloze prompt "<sentence> it was [MASK] ."
+    3. zero-shot: classify SST-2 dev sentences through the cloze prompt "<sentence> a [MASK] movie .", with
+       label words searched on 3,000 SST-2 *training* sentences (finetune.search_label_words)
     4. fine-tune the pretrained model on SST-2 train; and, for comparison, the same architecture from random
-       weights with the same budget. Each run chooses its checkpoint on a validation split held out of
-       SST-2 train; SST-2 dev is scored once, at the end
+       weights with the same budget, each at the learning rate benchmarks/results/finetune_recipe.md chose
+       for it. Each run chooses its checkpoint on whole SST-2 training sentences held out of its training
+       (`--validation sentences`); SST-2 dev is scored once, at the end
     5. print a few predictions and write report.json, and report.md rendered from it, with the curves
 
 The SST-2 dev sentences are only ever evaluated on, never trained on or chosen by. report.md is a pure
@@ -38,6 +40,11 @@ FINETUNE_STEPS_PER_MINUTE = {"tiny": 2400, "mini": 700, "small": 220}
 # Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 6%) is
 # tokenizing, the zero-shot pass, evaluations and the report.
 PRETRAIN_SHARE, FINETUNE_SHARE = 0.62, 0.16
+# Fine-tuning learning rates, chosen per starting point on held-out SST-2 training sentences by
+# benchmarks/finetune_recipe.py (a pretrained model takes a higher one than random weights do).
+FINETUNE_LR = {"pretrained": 1e-3, "random": 3e-4}
+# Zero-shot: label words searched on this many SST-2 training sentences (seeded), this many per label.
+LABEL_WORD_SENTENCES, LABEL_WORDS_PER_LABEL = 3000, 5
 # Corpora for MLM pretraining, in this order, relative to the data folder. Only text nobody evaluates on:
 # the IMDb unlabelled reviews (in-domain: movie reviews), WikiText-2 (its train split when the folder has it)
 # and the SST-2 *training* sentences (labels unused).
@@ -110,7 +117,9 @@ def demo(args: DemoArgs) -> Path:
     from ..models.bert import BertConfig, BertForMaskedLM
     from ..tensor import manual_seed
     from ..tokenizer import BertTokenizer
-    from .finetune import FinetuneArgs, evaluate_zero_shot, finetune, predict
+    import numpy as np
+
+    from .finetune import SEARCH_PROMPT, FinetuneArgs, evaluate_zero_shot, finetune, predict, search_label_words
     from .pretrain import PretrainArgs, pretrain
 
     started = time.perf_counter()
@@ -135,25 +144,33 @@ def demo(args: DemoArgs) -> Path:
            "tokens_seen": finished["tokens_seen"]}
 
     t = time.perf_counter()
-    zero = evaluate_zero_shot(out / "pretrained", root / "sst2" / "dev.tsv", device=args.device)
-    zero["seconds"] = time.perf_counter() - t
+    mlm = BertForMaskedLM.from_pretrained(out / "pretrained").to(args.device)
+    train_x, train_y = read_tsv(root / "sst2" / "train.tsv", num_labels=2)
+    pick = np.random.default_rng(args.seed).permutation(len(train_x))[:LABEL_WORD_SENTENCES]
+    words = search_label_words(mlm, BertTokenizer.from_pretrained(out / "pretrained"), [train_x[i] for i in pick],
+                               train_y[pick], SEARCH_PROMPT, (LABEL_WORDS_PER_LABEL,))[LABEL_WORDS_PER_LABEL]
+    del mlm
+    zero = evaluate_zero_shot(out / "pretrained", root / "sst2" / "dev.tsv", prompt=SEARCH_PROMPT, label_words=words,
+                              device=args.device)
+    zero.update(seconds=time.perf_counter() - t, prompt=SEARCH_PROMPT, label_words=[list(w) for w in words],
+                label_word_sentences=len(pick))
     print(f"demo: zero-shot SST-2 dev accuracy {zero['accuracy']:.3f}")
 
-    def fine_tune(model_dir, name):
+    def fine_tune(model_dir, name, lr):
         t = time.perf_counter()
         result = finetune(FinetuneArgs(model=str(model_dir), train=str(root / "sst2" / "train.tsv"),
                                        eval=str(root / "sst2" / "dev.tsv"), out=str(out / name), epochs=10.0,
-                                       lr=1e-4, batch_size=32, max_length=64, seed=args.seed, max_steps=ft_steps,
-                                       eval_every=max(1, ft_steps // 4), device=args.device))
-        return {**result, "steps": ft_steps, "seconds": time.perf_counter() - t}
+                                       lr=lr, batch_size=32, max_length=64, seed=args.seed, max_steps=ft_steps,
+                                       eval_every=max(1, ft_steps // 4), validation="sentences", device=args.device))
+        return {**result, "steps": ft_steps, "lr": lr, "seconds": time.perf_counter() - t}
 
-    final = fine_tune(out / "pretrained", "finetuned")
+    final = fine_tune(out / "pretrained", "finetuned", FINETUNE_LR["pretrained"])
     print(f"demo: fine-tuned SST-2 dev accuracy {final['accuracy']:.3f}")
     with tempfile.TemporaryDirectory(dir=out) as init:  # the same architecture, random weights
         manual_seed(args.seed)
         BertForMaskedLM(BertConfig.from_json(out / "pretrained" / "config.json")).save_pretrained(
             init, tokenizer=BertTokenizer.from_pretrained(out / "pretrained"))
-        scratch = fine_tune(init, "from_scratch")
+        scratch = fine_tune(init, "from_scratch", FINETUNE_LR["random"])
     print(f"demo: from random weights, SST-2 dev accuracy {scratch['accuracy']:.3f}")
 
     predictions = predict(out / "finetuned", EXAMPLES, device=args.device)
@@ -202,8 +219,10 @@ def render_report(r: dict) -> str:
         f"| MLM pretraining | {' + '.join(f'`{c}`' for c in pre['corpora'])} (text only) | {pre['steps']} | "
         f"{minutes(pre['seconds'])} | held-out MLM loss {pre['loss']:.3f}, perplexity {pre['perplexity']:.1f}, "
         f"masked-token accuracy {pre['mlm_accuracy']:.3f} |",
-        f"| zero-shot cloze (`<sentence> it was [MASK] .`, calibrated) | nothing | 0 | {minutes(zero['seconds'])} | "
-        f"dev accuracy {zero['accuracy']:.3f} (n = {zero['n']}) |",
+        f"| zero-shot cloze (`{zero.get('prompt', '{sentence} it was [MASK] .')}`, calibrated) | "
+        + (f"nothing; label words searched on {zero['label_word_sentences']:,} `sst2/train.tsv` sentences: "
+           f"{', '.join(zero['label_words'][0])} / {', '.join(zero['label_words'][1])}" if "label_words" in zero
+           else "nothing") + f" | 0 | {minutes(zero['seconds'])} | dev accuracy {zero['accuracy']:.3f} (n = {zero['n']}) |",
         f"| fine-tuning the pretrained model | `sst2/train.tsv` less its validation split | {ft['steps']} | "
         f"{minutes(ft['seconds'])} | {tuned(ft)} |",
         f"| fine-tuning from random weights (same architecture, same budget) | the same | {scratch['steps']} | "
@@ -212,8 +231,9 @@ def render_report(r: dict) -> str:
         ("Not in the data folder, so not used: " + ", ".join(f"`{n}`" for n in not_found) + "."
          if not_found else "Every pretraining corpus was found."),
         "",
-        f"Model selection: each fine-tuning run kept the checkpoint with the best accuracy on a validation split "
-        f"of {ft['validation_n']:,} SST-2 training sentences held out of its training (seeded); SST-2 dev "
+        f"Model selection: each fine-tuning run (learning rate {ft.get('lr', 1e-4):g} pretrained, "
+        f"{scratch.get('lr', 1e-4):g} from random weights) kept the checkpoint with the best accuracy on "
+        f"{ft['validation_n']:,} whole SST-2 training sentences held out of its training (seeded); SST-2 dev "
         f"(n = {ft['n']}) was scored once, at the end, on that checkpoint, and chose nothing.",
         "",
         f"Chance on SST-2 dev is {100 * r['dev_majority_share']:.1f}% (the larger class). The published 2-layer "

@@ -46,6 +46,10 @@ from .resume import check_resume, run_record
 
 DEFAULT_PROMPT = "{sentence} it was [MASK] ."
 DEFAULT_LABEL_WORDS = (("terrible", "bad", "awful"), ("great", "good", "wonderful"))  # label 0, label 1
+# Label-word search (search_label_words): the prompt benchmarks/zero_shot_cloze.py chose on SST-2 train, and
+# the floor on a candidate word's mean probability at the [MASK].
+SEARCH_PROMPT = "{sentence} a [MASK] movie ."
+MIN_MEAN_PROBABILITY = 1e-4
 LABEL_NAMES = ("negative", "positive")
 MAX_VALIDATION_ROWS = 1000
 VALIDATION_SPLITS = ("rows", "sentences")   # validation_split, sentence_validation_split
@@ -365,6 +369,34 @@ def mask_probabilities(model: BertForMaskedLM, tok: BertTokenizer, sentences, pr
             hidden = model.bert(batch["input_ids"], batch["attention_mask"]).last_hidden_state  # (b, T, C)
             at_mask = hidden[xp(hidden.data).arange(len(input_ids)), batch["mask_positions"]]  # (b, C)
             yield start, softmax(model.cls.predictions(at_mask)).numpy().astype(np.float64)   # (b, V)
+
+
+def search_label_words(model: BertForMaskedLM, tok: BertTokenizer, sentences, labels, prompt: str = SEARCH_PROMPT,
+                       k_values=(5,), min_mean_probability: float = MIN_MEAN_PROBABILITY) -> dict[int, tuple]:
+    """Label words found on labelled sentences of a *training* file (Schick et al. 2020, "Automatically
+    identifying words that can serve as labels for few-shot text classification"; Gao et al. 2021, LM-BFF).
+
+    For every whole word w of the vocabulary: the mean over the positive sentences of its calibrated
+    log-probability at the [MASK], log p(w | prompt with the sentence) - log p(w | prompt, empty sentence),
+    minus the same mean over the negative sentences. The k highest are label 1's words, the k lowest label
+    0's. Only words the model predicts there with mean probability >= min_mean_probability compete: a
+    rarer word's log-ratio is too noisy to rank on a few thousand sentences. Two labels only.
+    Returns {k: (label 0 words, label 1 words)} for each k in k_values."""
+    labels = np.asarray(labels)
+    prior = next(mask_probabilities(model, tok, [""], prompt))[1][0]                        # (V,)
+    sums, total = np.zeros((2, len(prior))), np.zeros(len(prior))
+    for start, p in mask_probabilities(model, tok, sentences, prompt):
+        log_ratio = np.log(np.maximum(p, 1e-30)) - np.log(np.maximum(prior, 1e-30))        # (b, V)
+        y = labels[start:start + len(p)]
+        for c in (0, 1):
+            sums[c] += log_ratio[y == c].sum(0)
+        total += p.sum(0)
+    score = sums[1] / max((labels == 1).sum(), 1) - sums[0] / max((labels == 0).sum(), 1)
+    vocab = tok.convert_ids_to_tokens(list(range(len(prior))))
+    usable = np.array([w.isalpha() and not w.startswith("##") for w in vocab])
+    usable &= total / max(len(sentences), 1) >= min_mean_probability
+    order = [i for i in np.argsort(score, kind="stable") if usable[i]]                     # most negative first
+    return {k: (tuple(vocab[i] for i in order[:k]), tuple(vocab[i] for i in order[::-1][:k])) for k in k_values}
 
 
 def evaluate_zero_shot(path, data, prompt=DEFAULT_PROMPT, label_words=DEFAULT_LABEL_WORDS,
