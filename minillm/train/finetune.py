@@ -423,7 +423,8 @@ def _checkpoint_keys(path) -> list[str]:
 def _require_classifier(path) -> None:
     if "classifier.weight" not in _checkpoint_keys(Path(path) / "model.safetensors"):
         raise ValueError(f"{path}: this checkpoint has no classification head (classifier.weight); fine-tune it "
-                         "first with `minillm finetune`, or use `minillm evaluate --zero-shot` on an MLM model")
+                         "first with `minillm finetune`, or use `minillm evaluate --zero-shot` on a pretrained model "
+                         "(an MLM or a causal LM)")
 
 
 def predict(path, texts, device: str = "cpu") -> list[dict]:
