@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -158,14 +157,8 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    r = run(args)
-    folder = Path(args.results)
-    folder.mkdir(parents=True, exist_ok=True)
-    command = study.command_line(args, "benchmarks/finetune_recipe.py")
-    (folder / "finetune_recipe.md").write_text(report(r, command), encoding="utf-8")
-    (folder / "finetune_recipe.json").write_text(json.dumps({"command": command, **r}, indent=1) + "\n",
-                                                 encoding="utf-8")
-    print(f"[recipe] results written to {folder / 'finetune_recipe.md'}")
+    path = study.write_study(args, "benchmarks/finetune_recipe.py", "finetune_recipe", run(args), report)
+    print(f"[recipe] results written to {path}")
     return 0
 
 

@@ -144,13 +144,8 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    r = run(args)
-    folder = Path(args.results)
-    folder.mkdir(parents=True, exist_ok=True)
-    command = study.command_line(args, "benchmarks/imdb_finetune.py")
-    (folder / "imdb.md").write_text(report(r, command), encoding="utf-8")
-    (folder / "imdb.json").write_text(json.dumps({"command": command, **r}, indent=1) + "\n", encoding="utf-8")
-    print(f"[imdb] results written to {folder / 'imdb.md'}")
+    path = study.write_study(args, "benchmarks/imdb_finetune.py", "imdb", run(args), report)
+    print(f"[imdb] results written to {path}")
     return 0
 
 

@@ -348,6 +348,18 @@ def command_line(args, script: str = "benchmarks/pretraining_study.py") -> str:
     return " ".join(words)
 
 
+def write_study(args, script: str, stem: str, results: dict, render) -> Path:
+    """<args.results>/<stem>.md (render(results, command)) and <stem>.json (the command and the results) of a
+    study script run as args.argv; returns the .md path."""
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    command = command_line(args, script)
+    (folder / f"{stem}.md").write_text(render(results, command), encoding="utf-8")
+    (folder / f"{stem}.json").write_text(json.dumps({"command": command, **results}, indent=1) + "\n",
+                                         encoding="utf-8")
+    return folder / f"{stem}.md"
+
+
 def plot_curves(study: dict, png: Path) -> None:
     """Held-out MLM loss and masked-token accuracy against tokens seen and against minutes, a curve per
     configuration."""
