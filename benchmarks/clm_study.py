@@ -149,31 +149,11 @@ def seen_row_indices(n_rows: int, batch_size: int, micro_batches: int, seed: int
 
 def sample_texts(model, tok, seed: int, max_new_tokens: int = 40) -> tuple[str, list[dict]]:
     """Step 3: (how the samples were made, [{prompt, temperature, text}])."""
-    try:
-        from minillm.models.generation import generate  # noqa: F401  (model.generate is built on it)
-        how = "model.generate (minillm/models/generation.py, with the key/value cache)"
+    how = "model.generate (minillm/models/generation.py, with the key/value cache)"
 
-        def continue_ids(ids, temperature):
-            return model.generate(np.array([ids]), max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                  temperature=temperature or 1.0, seed=seed)[0, len(ids):]
-    except ImportError:
-        how = "a plain sampling loop in this script (no model.generate yet): the whole sequence recomputed per token"
-
-        def continue_ids(ids, temperature):
-            from minillm.tensor import no_grad
-
-            rng = np.random.default_rng(seed)
-            ids = list(ids)
-            start = len(ids)
-            with no_grad():
-                for _ in range(max_new_tokens):
-                    z = model(input_ids=np.array([ids])).logits.numpy()[0, -1].astype(np.float64)  # (V,)
-                    if temperature == 0:
-                        ids.append(int(z.argmax()))
-                    else:
-                        p = np.exp((z - z.max()) / temperature)
-                        ids.append(int(rng.choice(len(p), p=p / p.sum())))
-            return np.array(ids[start:])
+    def continue_ids(ids, temperature):
+        return model.generate(np.array([ids]), max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                              temperature=temperature or 1.0, seed=seed)[0, len(ids):]
 
     model.eval()
     out = []
@@ -274,10 +254,9 @@ def write_markdown(r: dict, path: Path) -> None:
         f"Made on {r['date']} ({r['machine']}{load_text}). "
         "Data from `$MINILLM_DATA` (the corpus files named in the pretraining command below).",
         "",
-        f"**A short run, not the issue's 30 minutes.** This machine has 2 CPU cores shared with other work, so "
-        f"the committed results come from a budget of {r['minutes']:g} minutes. The 30-minute run is "
-        f"`{r['command_30']}`.",
-        "",
+        *([f"**A short run, not the issue's 30 minutes.** This machine has 2 CPU cores shared with other work, so "
+           f"the committed results come from a budget of {r['minutes']:g} minutes. The 30-minute run is "
+           f"`{r['command_30']}`.", ""] if r["minutes"] < 30 else []),
         "## Perplexity against tokens seen and against time",
         "",
         "Pretraining command:",
