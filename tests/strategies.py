@@ -51,6 +51,17 @@ def rng_from(draw):
     return np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
 
 
+def layernorm_case(data, shape):
+    """(x, weight, bias, dy) float32 for a layer norm over shape's last axis: x of a drawn kind (normal,
+    extreme, tiny, constant or near-constant rows), the rest standard normal from the drawn generator."""
+    kind = data.draw(st.sampled_from(["normal", "extreme", "tiny", "constant", "near_constant"]))
+    x = data.draw(arrays(shape, kind=kind))
+    rng = rng_from(data.draw)
+    C = shape[-1]
+    w, bias = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    return x, w, bias, rng.standard_normal(x.shape).astype(np.float32)
+
+
 # --- text for tokenizer tests --------------------------------------------------------------------------
 # Pieces chosen to hit each rule of BERT's basic tokenizer: accents (composed and decomposed), CJK,
 # emoji (with joiners and skin tones), control and format characters, zero-width and odd whitespace,

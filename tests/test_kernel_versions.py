@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kernels.testing import assert_close
-from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, masks, rng_from
+from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, layernorm_case, masks, rng_from
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 cpu = {f: importlib.import_module(f"kernels.{f}.cpu") for f in ("gelu", "layernorm", "softmax", "adamw")}
@@ -32,17 +32,19 @@ def close(got, want, tol, name, floor=0.0):
 # ---------------------------------------------------------------- GELU
 
 
-@pytest.mark.parametrize("version", sorted(cpu["gelu"].VERSIONS["gelu_fwd"]))
+@pytest.mark.parametrize("form, version", [(form, v) for form in ("gelu", "gelu_tanh")
+                                            for v in sorted(cpu["gelu"].VERSIONS[f"{form}_fwd"])])
 @FIXTURE_OK
 @given(data=st.data(), n=SMALL_DIMS, L=ODD_DIMS)
-def test_gelu_version_matches_reference(version, data, n, L):
+def test_gelu_version_matches_reference(form, version, data, n, L):
     x = data.draw(arrays((n, L)))
     dy = rng_from(data.draw).standard_normal(x.shape).astype(np.float32)
-    fwd, bwd = cpu["gelu"].VERSIONS["gelu_fwd"][version], cpu["gelu"].VERSIONS["gelu_bwd"][version]
-    # The tolerances of test_kernels_rowwise.py's GELU test (atol 1e-6 + rtol 2e-5; why, see there); v5's
+    fwd, bwd = cpu["gelu"].VERSIONS[f"{form}_fwd"][version], cpu["gelu"].VERSIONS[f"{form}_bwd"][version]
+    ref_fwd, ref_bwd = getattr(ref["gelu"], f"{form}_fwd"), getattr(ref["gelu"], f"{form}_bwd")
+    # The tolerances of test_kernels_rowwise.py's GELU tests (atol 1e-6 + rtol 2e-5; why, see there); v5's
     # rational erf uses 92% of them at worst, found by the sweep below.
-    assert_close(fwd(x), ref["gelu"].gelu_fwd(f64(x)), atol=1e-6, rtol=2e-5, name=f"gelu_fwd {version}")
-    assert_close(bwd(x, dy), ref["gelu"].gelu_bwd(f64(x), f64(dy)), atol=1e-6, rtol=2e-5, name=f"gelu_bwd {version}")
+    assert_close(fwd(x), ref_fwd(f64(x)), atol=1e-6, rtol=2e-5, name=f"{form}_fwd {version}")
+    assert_close(bwd(x, dy), ref_bwd(f64(x), f64(dy)), atol=1e-6, rtol=2e-5, name=f"{form}_bwd {version}")
 
 
 def _every_float32(lo, hi):
@@ -84,19 +86,6 @@ def test_gelu_version_edges(version):
                  name=f"gelu_bwd {version}")
 
 
-@pytest.mark.parametrize("version", sorted(cpu["gelu"].VERSIONS["gelu_tanh_fwd"]))
-@FIXTURE_OK
-@given(data=st.data(), n=SMALL_DIMS, L=ODD_DIMS)
-def test_gelu_tanh_version_matches_reference(version, data, n, L):
-    x = data.draw(arrays((n, L)))
-    dy = rng_from(data.draw).standard_normal(x.shape).astype(np.float32)
-    fwd, bwd = cpu["gelu"].VERSIONS["gelu_tanh_fwd"][version], cpu["gelu"].VERSIONS["gelu_tanh_bwd"][version]
-    # the tolerances of test_kernels_rowwise.py's tanh-GELU test (atol 1e-6 + rtol 2e-5; why, see there)
-    assert_close(fwd(x), ref["gelu"].gelu_tanh_fwd(f64(x)), atol=1e-6, rtol=2e-5, name=f"gelu_tanh_fwd {version}")
-    assert_close(bwd(x, dy), ref["gelu"].gelu_tanh_bwd(f64(x), f64(dy)), atol=1e-6, rtol=2e-5,
-                 name=f"gelu_tanh_bwd {version}")
-
-
 # ---------------------------------------------------------------- layer norm
 # The property tests of test_kernels_rowwise.py, run on each numbered version (tolerances and their reasons:
 # see there).
@@ -106,11 +95,7 @@ def test_gelu_tanh_version_matches_reference(version, data, n, L):
 @FIXTURE_OK
 @given(data=st.data(), a=SMALL_DIMS, b=SMALL_DIMS, C=ODD_DIMS, eps=st.sampled_from([1e-12, 1e-5]))
 def test_layernorm_version_matches_reference(version, data, a, b, C, eps):
-    kind = data.draw(st.sampled_from(["normal", "extreme", "tiny", "constant", "near_constant"]))
-    x = data.draw(arrays((a, b, C), kind=kind))
-    rng = rng_from(data.draw)
-    w, bias = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
-    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x, w, bias, dy = layernorm_case(data, (a, b, C))
     fwd, bwd = cpu["layernorm"].VERSIONS["layernorm_fwd"][version], cpu["layernorm"].VERSIONS["layernorm_bwd"][version]
     y, mean, rstd = fwd(x, w, bias, eps)
     Y, M, R = ref["layernorm"].layernorm_fwd(f64(x), f64(w), f64(bias), eps)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gradcheck import central_differences
 from kernels.testing import assert_close
-from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, masks, rng_from
+from tests.strategies import ODD_DIMS, SMALL_DIMS, arrays, layernorm_case, masks, rng_from
 
 FAMILIES = ("softmax", "layernorm", "gelu", "cross_entropy", "adamw")
 MODULE = {"numpy": "reference", "numba": "cpu", "cupy": "gpu"}
@@ -112,11 +112,7 @@ def test_softmax_broadcast_padding_mask(backend):
 @FIXTURE_OK
 @given(st.data(), SMALL_DIMS, SMALL_DIMS, ODD_DIMS, st.sampled_from([1e-12, 1e-5]))
 def test_layernorm_matches_reference(backend, data, a, b, C, eps):
-    kind = data.draw(st.sampled_from(["normal", "extreme", "tiny", "constant", "near_constant"]))
-    x = data.draw(arrays((a, b, C), kind=kind))
-    rng = rng_from(data.draw)
-    w, bias = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
-    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x, w, bias, dy = layernorm_case(data, (a, b, C))
     k, r = ops(backend, "layernorm"), ref("layernorm")
     y, mean, rstd = (host(t) for t in k.layernorm_fwd(*(dev(backend, t) for t in (x, w, bias)), eps))
     Y, M, R = r.layernorm_fwd(f64(x), f64(w), f64(bias), eps)
