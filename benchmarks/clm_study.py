@@ -123,7 +123,9 @@ def ngram_baseline(args, out: Path, model, tok, logged_loss: float) -> dict:
     result = {"train_tokens": int(train_rows.size), "eval_rows": int(len(eval_rows)),
               "predicted_tokens": int(eval_rows.shape[0] * (eval_rows.shape[1] - 1)),
               "transformer_loss_rescored": rescored, "orders": {}}
-    seen = train_rows[seen_row_indices(len(train_rows), a["batch_size"], run["train_config"]["steps"] * a["grad_accum"],
+    # each distinct row once: the n-grams count every token once, so a row seen twice (past one epoch) is the
+    # same data, not more of it
+    seen = train_rows[unique_seen_rows(len(train_rows), a["batch_size"], run["train_config"]["steps"] * a["grad_accum"],
                                        a["seed"])]
     result["seen_tokens"] = int(seen.size)
     for n in args.orders:
@@ -140,11 +142,12 @@ def ngram_baseline(args, out: Path, model, tok, logged_loss: float) -> dict:
     return result
 
 
-def seen_row_indices(n_rows: int, batch_size: int, micro_batches: int, seed: int) -> np.ndarray:
-    """The training rows the run's micro-batches took, in order (pretrain.micro_batch_rows, as its get_batch)."""
+def unique_seen_rows(n_rows: int, batch_size: int, micro_batches: int, seed: int) -> np.ndarray:
+    """The distinct training rows the run's micro-batches took (pretrain.micro_batch_rows, as its get_batch),
+    sorted: a run longer than an epoch takes some rows twice, and those are counted once."""
     from minillm.train.pretrain import micro_batch_rows
 
-    return np.concatenate([micro_batch_rows(k, n_rows, batch_size, seed) for k in range(micro_batches)])
+    return np.unique(np.concatenate([micro_batch_rows(k, n_rows, batch_size, seed) for k in range(micro_batches)]))
 
 
 def sample_texts(model, tok, seed: int, max_new_tokens: int = 40) -> tuple[str, list[dict]]:
@@ -289,7 +292,7 @@ def write_markdown(r: dict, path: Path) -> None:
         f"rebuilt held-out rows, gives loss {r['ngram']['transformer_loss_rescored']:.4f}, as the run logged: the "
         "same tokens.",
         "",
-        "| model | held-out perplexity, fit on all training rows | on the rows the transformer saw | fit time (all) |",
+        "| model | held-out perplexity, fit on all training rows | on the distinct rows the transformer saw | fit time (all) |",
         "| --- | ---: | ---: | ---: |",
         *[f"| {n}-gram Kneser-Ney{' (best: the lines in the figure)' if n == best_n else ''} | "
           f"{o['perplexity']:.1f} | {o.get('perplexity_seen_rows', float('nan')):.1f} | {o['fit_seconds']:.0f} s |"
@@ -299,7 +302,8 @@ def write_markdown(r: dict, path: Path) -> None:
         "",
         f"The n-gram models count every training token once; the transformer saw {last['tokens_seen']:,} tokens "
         f"({last['tokens_seen'] / r['ngram']['train_tokens']:.0%} of an epoch) in its budget. The middle column "
-        "fits the n-grams on exactly those rows (the run's own batch order), for a comparison at equal data.",
+        "fits the n-grams on the distinct rows among them (the run's own batch order, each row once however often it "
+        "was drawn), for a comparison at equal data: past one epoch that is every training row.",
         "",
         "## Samples",
         "",

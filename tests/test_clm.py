@@ -257,9 +257,9 @@ def test_zero_shot_scores_are_the_label_word_probabilities(corpus):
 
 
 def test_the_study_fits_its_ngram_on_the_rows_the_run_trained_on(corpus, tmp_path, monkeypatch):
-    """benchmarks/clm_study.py rebuilds the rows the transformer saw (for the n-gram at equal data) from the
-    run's seed and batch order; here they are compared with the rows get_batch really handed out, over more
-    than one epoch."""
+    """benchmarks/clm_study.py rebuilds the distinct rows the transformer saw (for the n-gram at equal data)
+    from the run's seed and batch order; here they are compared with the rows get_batch really handed out, over
+    more than one epoch, where some rows come twice and must count once."""
     import importlib.util
 
     from minillm.train import pretrain_clm
@@ -275,4 +275,6 @@ def test_the_study_fits_its_ngram_on_the_rows_the_run_trained_on(corpus, tmp_pat
     train_rows, _ = clm_rows(args.corpus, ByteLevelBPETokenizer.from_pretrained(tmp_path), 32, 0.02, 0, 256)
     seen = np.concatenate(taken[:8])                       # 4 steps x 2 micro-batches; then the evaluation's rows
     assert len(train_rows) // 48 < 8                       # more than one epoch, so the second permutation counts
-    np.testing.assert_array_equal(seen, train_rows[study.seen_row_indices(len(train_rows), 48, 8, 0)])
+    distinct = study.unique_seen_rows(len(train_rows), 48, 8, 0)
+    assert len(distinct) == len(np.unique(distinct)) < len(seen)  # past one epoch: a row drawn twice counts once
+    np.testing.assert_array_equal(np.unique(train_rows[distinct], axis=0), np.unique(seen, axis=0))
