@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden-state and classifier dropout (replaces the checkpoint's own)")
     p.add_argument("--extend-positions", action="store_true",
                    help="a --max-length beyond the model's positions grows its position table (learned rows repeated)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default=None,
+                   help="the sentence vector the classifier reads: BERT's [CLS] token, or the mean over the tokens "
+                        "(a checkpoint transformers refuses by its model_type); default: the checkpoint's own, cls")
     p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--resume", action="store_true")
     _add_backend(p)
@@ -227,7 +230,7 @@ def run(args) -> int:
             max_steps=args.max_steps, evals_per_epoch=args.evals_per_epoch, eval_every=args.eval_every,
             resume=args.resume, validation_fraction=args.validation_fraction, validation=args.validation,
             extend_positions=args.extend_positions, warmup=args.warmup,
-            weight_decay=args.weight_decay, dropout=args.dropout, device=device))
+            weight_decay=args.weight_decay, dropout=args.dropout, pooling=args.pooling, device=device))
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
     elif args.command == "evaluate":
         from .train.finetune import evaluate_path

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .functional import softmax
-from .models.bert import ALIBI_MODEL_TYPE, BertConfig, BertForMaskedLM, BertModel
+from .models.bert import ALIBI_MODEL_TYPE, MEAN_POOLING_MODEL_TYPE, BertConfig, BertForMaskedLM, BertModel
 from .models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from .tensor import no_grad
 from .tokenizer import BertTokenizer
@@ -39,7 +39,7 @@ def _read_config(path: Path, command: str) -> BertConfig:
     config = BertConfig.from_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
     if config is None:
         raise FileNotFoundError(f"{command}: {path / CONFIG_NAME} is missing; a model folder needs it")
-    if config.model_type not in ("bert", ALIBI_MODEL_TYPE):  # BERT, with or without the ALiBi bias
+    if config.model_type not in ("bert", ALIBI_MODEL_TYPE, MEAN_POOLING_MODEL_TYPE):  # BERT and its two variants
         raise ValueError(f"{command}: {path} holds a {config.model_type!r} model; this command reads BERT models")
     return config
 

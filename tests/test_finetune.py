@@ -292,3 +292,62 @@ def test_three_label_model_evaluates_and_predicts(checkpoint, tmp_path, capsys):
     labels = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
     assert len(labels) == 2 and set(labels) <= {"LABEL_0", "LABEL_1", "LABEL_2"}
     assert [r["label"] for r in predict(out, ["the film was good", "a dull plot"])] == labels
+
+
+def test_mean_pooling_reads_the_mean_over_real_tokens_and_ignores_padding():
+    mm.manual_seed(3)
+    config = mm.BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0, classifier_pooling="mean")
+    model = mm.BertForSequenceClassification(config).eval()
+    ids = np.array([[2, 7, 9, 11, 3, 0, 0], [2, 8, 3, 0, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    hidden = model.bert(ids, mask).last_hidden_state.numpy()
+    mean = np.stack([hidden[b, mask[b] == 1].mean(0) for b in range(2)])          # the reference, by hand
+    pooler = model.bert.pooler.dense
+    want = np.tanh(mean @ pooler.weight.numpy().T + pooler.bias.numpy())
+    # float32 throughout: a 16-long dot product and tanh, a few ulps of 1
+    np.testing.assert_allclose(model.bert(ids, mask).pooler_output.numpy(), want, rtol=1e-5, atol=1e-6)
+    # padding changes nothing: the second row alone, unpadded, gives the same logits (float32 reassociation)
+    np.testing.assert_allclose(model(ids[1:, :3]).logits.numpy(), model(ids, mask).logits.numpy()[1:],
+                               rtol=1e-5, atol=1e-6)
+    cls = mm.BertForSequenceClassification(mm.BertConfig(**{**config.to_dict(), "classifier_pooling": "cls",
+                                                             "model_type": "bert"}))
+    cls.load_state_dict(model.state_dict())
+    assert not np.allclose(cls.eval()(ids, mask).logits.numpy(), model(ids, mask).logits.numpy())
+
+
+def test_mean_pooling_gradient_matches_finite_differences():
+    from gradcheck import check_gradients
+
+    config = mm.BertConfig(vocab_size=len(VOCAB), hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
+                           intermediate_size=8, max_position_embeddings=16, classifier_pooling="mean")
+    pooler = mm.models.bert.BertPooler(config)
+    pooler.dense.weight.data = np.random.default_rng(0).standard_normal((4, 4))  # float64 for the check
+    pooler.dense.bias.data = np.zeros(4)
+    key_mask = np.array([[True, True, False], [True, True, True]])
+    check_gradients(lambda h: pooler(h, key_mask), np.random.default_rng(1).standard_normal((2, 3, 4)))
+
+
+def test_pooling_is_a_config_field_with_its_own_model_type_and_a_finetune_flag(checkpoint, tmp_path):
+    plain = mm.BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32)
+    assert "classifier_pooling" not in plain.to_dict() and plain.model_type == "bert"  # HF's config.json exactly
+    mean = mm.BertConfig(**{**plain.to_dict(), "classifier_pooling": "mean", "model_type": "bert"})
+    assert mean.model_type == "minillm-bert-mean-pooling"  # transformers refuses it rather than pool [CLS]
+    with pytest.raises(ValueError, match="classifier_pooling"):
+        mm.BertConfig(classifier_pooling="max")
+    with pytest.raises(ValueError, match="model_type"):  # a name that promises mean pooling, on a [CLS] config
+        mm.BertConfig(classifier_pooling="cls", model_type="minillm-bert-mean-pooling")
+    train_tsv = write_tsv(tmp_path / "train.tsv", 60, 2, seed=5)
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(checkpoint), "--train", str(train_tsv), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "16", "--pooling", "mean"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["classifier_pooling"] == "mean" and saved["model_type"] == "minillm-bert-mean-pooling"
+    model = mm.BertForSequenceClassification.from_pretrained(out)
+    assert model.config.classifier_pooling == "mean" and model.bert.pooler.mean
+    again = tmp_path / "ft-cls"                                            # and back: --pooling cls on top of it
+    assert main(["finetune", "--model", str(out), "--train", str(train_tsv), "--out", str(again),
+                 "--epochs", "1", "--batch-size", "16", "--pooling", "cls"]) == 0
+    assert json.loads((again / "config.json").read_text())["model_type"] == "bert"

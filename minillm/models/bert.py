@@ -24,6 +24,13 @@ measurements are in benchmarks/results/pretraining.md). The biased scores take `
 the attention written out around the softmax kernel, since the fused kernel takes no bias. Such a config
 is saved with model_type "minillm-bert-alibi", which transformers' AutoConfig refuses by name.
 
+A second option, for the classifier only: `classifier_pooling = "mean"` feeds the pooler the mean of the
+final hidden states over the real tokens instead of the [CLS] token's. MLM pretraining never trains [CLS]
+(there is no next-sentence task here), while every token's vector is what the masked-word task shaped; the
+mean hands the classifier those at once (Reimers and Gurevych 2019 found the mean the better sentence
+vector too). Measured in benchmarks/results/finetune_recipe.md. transformers would load such a checkpoint
+and silently pool [CLS], so it is saved with model_type "minillm-bert-mean-pooling" (or the ALiBi name).
+
 `output_attentions=True` (transformers' name) adds `.attentions` to the output: one (B, H, T, T) NumPy array
 of probabilities per layer. The fused kernel never stores them, so they are recomputed on the side from each
 layer's own Q and K with the reference softmax (`BertSelfAttention.attention_probs`); the forward pass itself
@@ -48,6 +55,7 @@ from .outputs import Output, as_ids as _as_ids
 
 
 ALIBI_MODEL_TYPE = "minillm-bert-alibi"
+MEAN_POOLING_MODEL_TYPE = "minillm-bert-mean-pooling"
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -89,13 +97,14 @@ class BertConfig(PretrainedConfig):
     classifier_dropout: float | None = None
     model_type: str = "bert"                # "minillm-bert-alibi" when attention_bias = "alibi"
     attention_bias: str | None = None       # None (BERT) or "alibi"; see the module docstring
+    classifier_pooling: str = "cls"         # "cls" (BERT) or "mean"; see the module docstring
     architectures: list | None = None
     id2label: dict | None = None
     extra: dict = field(default_factory=dict, repr=False)  # unknown config.json keys, kept for round trips
 
     def __post_init__(self):
-        if self.attention_bias == "alibi" and self.model_type == "bert":
-            self.model_type = ALIBI_MODEL_TYPE  # so that transformers refuses it instead of dropping the bias
+        if self.model_type == "bert":
+            self.model_type = self.expected_model_type()  # so that transformers refuses what it would drop
         if self.id2label is not None:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
             self.num_labels = len(self.id2label)
@@ -141,12 +150,21 @@ class BertConfig(PretrainedConfig):
             fail("hidden_act", "is not supported (only 'gelu', the exact erf form BERT uses)")
         if self.attention_bias not in (None, "alibi"):
             fail("attention_bias", "is not supported (None, or 'alibi')")
-        expected = ALIBI_MODEL_TYPE if self.attention_bias == "alibi" else "bert"
+        if self.classifier_pooling not in ("cls", "mean"):
+            fail("classifier_pooling", "is not supported ('cls', or 'mean')")
+        expected = self.expected_model_type()
         if self.model_type != expected:
-            fail("model_type", f"does not go with attention_bias = {self.attention_bias!r} (expected {expected!r})")
+            fail("model_type", f"does not go with attention_bias = {self.attention_bias!r} and classifier_pooling = "
+                               f"{self.classifier_pooling!r} (expected {expected!r})")
         if self.extra.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"BertConfig: position_embedding_type = {self.extra['position_embedding_type']!r} is "
                              "not supported (only 'absolute' learned positions)")
+
+    def expected_model_type(self) -> str:
+        """"bert" for Hugging Face's BERT; a name transformers' AutoConfig refuses for either departure."""
+        if self.attention_bias == "alibi":
+            return ALIBI_MODEL_TYPE
+        return MEAN_POOLING_MODEL_TYPE if self.classifier_pooling == "mean" else "bert"
 
     def to_dict(self) -> dict:
         """PretrainedConfig's, with id2label's keys as strings and label2id derived from it (as HF writes)."""
@@ -154,6 +172,8 @@ class BertConfig(PretrainedConfig):
         d.pop("label2id", None)  # an old label2id read into `extra` would contradict id2label
         if d.get("attention_bias") is None:  # a plain BERT's config.json stays exactly Hugging Face's
             d.pop("attention_bias", None)
+        if d.get("classifier_pooling") == "cls":
+            d.pop("classifier_pooling", None)
         if "id2label" in d:
             d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
             d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
@@ -298,13 +318,20 @@ class BertEncoder(Module):
 
 
 class BertPooler(Module):
-    """tanh(W h_[CLS] + b): the sentence vector the classification head reads."""
+    """tanh(W h + b): the sentence vector the classification head reads, where h is the [CLS] token's final
+    hidden state (BERT), or with `classifier_pooling = "mean"` the mean over the real (unpadded) tokens."""
 
     def __init__(self, config: BertConfig):
         self.dense = Linear(config.hidden_size, config.hidden_size, std=config.initializer_range)
+        self.mean = config.classifier_pooling == "mean"
 
-    def forward(self, hidden: Tensor) -> Tensor:  # (B, T, C) -> (B, C)
-        return self.dense(hidden[:, 0]).tanh()
+    def forward(self, hidden: Tensor, key_mask=None) -> Tensor:  # (B, T, C), (B, T) bool or None -> (B, C)
+        if not self.mean:
+            return self.dense(hidden[:, 0]).tanh()
+        m = xp(hidden.data)
+        keep = m.ones(hidden.shape[:2], np.float32) if key_mask is None else key_mask.astype(np.float32)
+        weights = keep / m.maximum(keep.sum(axis=1, keepdims=True), 1.0)            # (B, T), rows sum to 1
+        return self.dense((hidden * Tensor(weights[:, :, None])).sum(axis=1)).tanh()
 
 
 class BertPreTrainedModel(CheckpointMixin, Module):
@@ -363,7 +390,7 @@ class BertModel(BertPreTrainedModel):
         attentions = [] if output_attentions else None
         x = self.embeddings(ids, token_type_ids, position_ids)        # (B, T, C)
         x = self.encoder(x, key_mask, attentions)                     # (B, T, C)
-        pooled = self.pooler(x) if self.pooler is not None else None  # (B, C)
+        pooled = self.pooler(x, key_mask) if self.pooler is not None else None  # (B, C)
         out = Output(last_hidden_state=x, pooler_output=pooled)
         if output_attentions:
             out["attentions"] = tuple(attentions)                     # per layer (B, H, T, T)

@@ -53,6 +53,7 @@ MIN_MEAN_PROBABILITY = 1e-4
 LABEL_NAMES = ("negative", "positive")
 MAX_VALIDATION_ROWS = 1000
 VALIDATION_SPLITS = ("rows", "sentences")   # validation_split, sentence_validation_split
+POOLINGS = ("cls", "mean")                  # BertConfig.classifier_pooling
 
 
 @dataclass
@@ -88,22 +89,28 @@ class FinetuneArgs:
     warmup: float = setting(warmup_amount, 0.1)
     weight_decay: float = setting(nonnegative_float, 0.01)
     dropout: float = setting(dropout_rate, 0.1)
+    # the sentence vector: "cls" (BERT's [CLS] token) or "mean" (the mean over the tokens; models/bert.py says
+    # why, benchmarks/results/finetune_recipe.md what it buys); None keeps the checkpoint's own
+    pooling: str | None = None
     device: str = "cpu"
 
     def __post_init__(self):
         check_settings(self)
         if self.validation not in VALIDATION_SPLITS:
             raise ValueError(f"validation={self.validation!r}: must be one of {sorted(VALIDATION_SPLITS)}")
+        if self.pooling not in (None, *POOLINGS):
+            raise ValueError(f"pooling={self.pooling!r}: must be one of {list(POOLINGS)}")
         check_out_dir(self.out)
 
 
-def load_classifier(path, num_labels: int | None = None, device: str = "cpu",
-                    dropout: float | None = None) -> tuple[BertForSequenceClassification, BertTokenizer]:
+def load_classifier(path, num_labels: int | None = None, device: str = "cpu", dropout: float | None = None,
+                    pooling: str | None = None) -> tuple[BertForSequenceClassification, BertTokenizer]:
     """A classifier from a checkpoint folder: a fine-tuned one, or an encoder / MLM model (fresh head).
 
     num_labels: None keeps the checkpoint's own (config.json's num_labels / id2label), which is what
     evaluating or predicting with a fine-tuned model needs; a number sizes a fresh head for fine-tuning.
     dropout: None keeps config.json's; a number sets the hidden-state and classifier dropout.
+    pooling: None keeps config.json's classifier_pooling; "cls" or "mean" sets it (and the model_type with it).
     """
     import warnings
 
@@ -117,7 +124,10 @@ def load_classifier(path, num_labels: int | None = None, device: str = "cpu",
         config.num_labels = num_labels
     if dropout is not None:
         config.hidden_dropout_prob, config.classifier_dropout = dropout, None  # None: the classifier uses it too
-        config.validate()
+    if pooling is not None:
+        config.classifier_pooling = pooling
+        config.model_type = config.expected_model_type()
+    config.validate()
     with warnings.catch_warnings(record=True) as caught:  # expected when the checkpoint has no classifier yet
         warnings.simplefilter("always")
         model = BertForSequenceClassification.from_pretrained(path, config=config)
@@ -219,7 +229,8 @@ def finetune(args: FinetuneArgs) -> dict:
     run = run_record(args, files=("model", "train", "eval"), exclude=("out", "resume", "device"))
     if args.resume:  # a broken or different checkpoint is reported before any data is read
         check_resume(args.out, run)
-    model, tok = load_classifier(args.model, args.num_labels, device=args.device, dropout=args.dropout)
+    model, tok = load_classifier(args.model, args.num_labels, device=args.device, dropout=args.dropout,
+                                 pooling=args.pooling)
     max_length, positions = args.max_length, model.config.max_position_embeddings
     if max_length > positions and args.extend_positions:
         model.extend_positions(max_length)
@@ -273,7 +284,7 @@ def finetune(args: FinetuneArgs) -> dict:
     print(f"finetune: {len(train_rows)} train / {len(val_rows)} validation {args.validation} (held out of {args.train}, chooses "
           f"the checkpoint) / {len(eval_x)} eval sentences (scored once, at the end), {steps} steps "
           f"({per_epoch} per epoch), batch {args.batch_size}, lr {args.lr}, warm-up {cfg.warmup} steps, weight decay "
-          f"{args.weight_decay:g}, dropout {args.dropout:g}")
+          f"{args.weight_decay:g}, dropout {args.dropout:g}, pooling {model.config.classifier_pooling}")
     trainer.fit(resume=args.resume)
 
     chosen_by = {"validation_accuracy": trainer.best, "validation_n": int(len(val_rows))}

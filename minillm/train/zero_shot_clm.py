@@ -133,7 +133,8 @@ def evaluate_zero_shot_clm(path, data, prompt: str = DEFAULT_CLM_PROMPT, label_w
 
 
 # model_type (config.json) -> how a zero-shot classifier reads that family
-ZERO_SHOT_MODEL_TYPES = {"bert": "masked", "minillm-bert-alibi": "masked", "gpt2": "causal"}
+ZERO_SHOT_MODEL_TYPES = {"bert": "masked", "minillm-bert-alibi": "masked", "minillm-bert-mean-pooling": "masked",
+                         "gpt2": "causal"}
 
 
 def zero_shot_kind(path) -> str:
