@@ -33,6 +33,8 @@ from pathlib import Path
 import pretraining_study as study   # benchmarks/ is sys.path[0] when run as a script; it drops that entry
 
 RESULTS = study.RESULTS
+POOLING_WORDS = {"cls": "the [CLS] token's vector (BERT's pooler)",
+                 "mean": "the mean of the token vectors (`--pooling mean`, see minillm/models/bert.py)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="data folder (default: $MINILLM_DATA, else minillm's data cache)")
     p.add_argument("--train", default="sst2/train.tsv")
     p.add_argument("--eval", default="sst2/dev.tsv")
-    p.add_argument("--out", default="runs/finetune-recipe")
+    p.add_argument("--out", default=None, help="default: runs/finetune-recipe, with -mean for --pooling mean")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force", action="store_true")
@@ -56,8 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--dropout", type=float, default=0.1)
     g.add_argument("--evals-per-epoch", type=int, default=4)
+    g.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="the classifier's sentence vector (minillm finetune --pooling); mean writes "
+                        "finetune_recipe_mean.md")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    suffix = "" if args.pooling == "cls" else f"-{args.pooling}"
+    args.out = args.out or f"runs/finetune-recipe{suffix}"
+    args.name = "finetune_recipe" + suffix.replace("-", "_")
     return args
 
 
@@ -66,7 +74,8 @@ def finetune_cmd(args, model: Path, out: Path, lr: float, epochs: float, seed: i
                         "--validation", "sentences", "--epochs", f"{epochs:g}", "--lr", f"{lr:g}",
                         "--batch-size", args.batch_size, "--max-length", args.max_length,
                         "--warmup", f"{args.warmup:g}", "--weight-decay", f"{args.weight_decay:g}",
-                        "--dropout", f"{args.dropout:g}", "--evals-per-epoch", args.evals_per_epoch, "--seed", seed)
+                        "--dropout", f"{args.dropout:g}", "--evals-per-epoch", args.evals_per_epoch, "--seed", seed,
+                        "--pooling", args.pooling)
     return cmd + (["--eval", str(eval_file)] if eval_file else [])
 
 
@@ -112,7 +121,7 @@ def run(args) -> dict:
     return {"model": args.model, "starting_points": starts, "seeds": args.seeds,
             "data": {"train": args.train, "eval": args.eval},
             "shared": {k: getattr(args, k) for k in ("batch_size", "max_length", "warmup", "weight_decay", "dropout",
-                                                     "evals_per_epoch")},
+                                                     "evals_per_epoch", "pooling")},
             "machine": study.machine(threads),
             "started": datetime.datetime.fromtimestamp(study.first_start(runner.used, started)).strftime(
                 "%Y-%m-%d %H:%M"),
@@ -132,7 +141,8 @@ def report(r: dict, command: str) -> str:
              "the same architecture and vocabulary with fresh weights (drawn with the fine-tuning seed). Every run: "
              f"`{r['data']['train']}`, `--validation sentences`, batch {sh['batch_size']}, max length "
              f"{sh['max_length']}, warm-up {sh['warmup']:g}, linear decay, weight decay {sh['weight_decay']:g}, dropout "
-             f"{sh['dropout']:g}, {sh['evals_per_epoch']} validation checks per epoch (the best one is kept).", "",
+             f"{sh['dropout']:g}, {sh['evals_per_epoch']} validation checks per epoch (the best one is kept); the "
+             f"classifier reads {POOLING_WORDS[sh.get('pooling', 'cls')]}.", "",
              f"## The grid (seed {r['seeds'][0]}; validation accuracy only, dev not scored)", "",
              "| starting point | lr | epochs | validation accuracy | minutes |", "| --- | ---: | ---: | ---: | ---: |"]
     for init, res in r["results"].items():
@@ -157,7 +167,7 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    path = study.write_study(args, "benchmarks/finetune_recipe.py", "finetune_recipe", run(args), report)
+    path = study.write_study(args, "benchmarks/finetune_recipe.py", args.name, run(args), report)
     print(f"[recipe] results written to {path}")
     return 0
 

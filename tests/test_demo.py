@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minillm.cli import build_parser
+from minillm.data import read_tsv
 from minillm.train import pretrain as pretrain_module
 from minillm.train.demo import DemoArgs, command_line, demo, render_report, step_budget
 from minillm.train.finetune import evaluate_path
@@ -62,6 +63,13 @@ def test_demo_leaves_three_models_and_a_report_rendered_from_its_json(demo_run):
         assert evaluate_path(out / run, data / "sst2" / "dev.tsv", max_length=64)["accuracy"] == \
             report[run]["accuracy"]
     assert 0.0 <= report["zero_shot"]["accuracy"] <= 1.0 and report["zero_shot"]["n"] == 30
+    few = report["few_labels"]  # the same comparison on a sample of the labelled rows, the sample kept
+    train_rows = set(zip(*read_tsv(data / "sst2" / "train.tsv", num_labels=2)))
+    sample = list(zip(*read_tsv(out / "few_labels" / "train.tsv", num_labels=2)))
+    assert len(sample) == few["rows"] == len(train_rows) // 2 and set(sample) <= train_rows
+    for run in ("finetuned", "from_scratch"):
+        assert evaluate_path(out / "few_labels" / run, data / "sst2" / "dev.tsv", max_length=64)["accuracy"] == \
+            few[run]["accuracy"] and few[run]["eval_split"] == "dev"
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", (out / "report.md").read_text()):
         assert (out / link).is_file(), link
 

@@ -2,8 +2,9 @@
 
     1. find the data (--data DIR, MINILLM_DATA, the cache, or a verified download of SST-2 and WikiText-2)
        and check every file the run will read before the first step
-    2. pretrain a small BERT with masked-language modelling (with ALiBi, see models/bert.py) on the IMDb
-       unlabelled reviews when the data folder has them, WikiText-2 and the SST-2 *training* sentences
+    2. pretrain a small BERT with masked-language modelling (with ALiBi, see models/bert.py; 30% of the
+       tokens masked, peak learning rate 3e-3: the short-budget recipe) on the IMDb unlabelled reviews when
+       the data folder has them, WikiText-2 and the SST-2 *training* sentences
     3. zero-shot: classify SST-2 dev sentences through a cloze prompt such as "<sentence> a [MASK] movie .":
        label words searched on 3,000 SST-2 *training* sentences (finetune.search_label_words) or the
        written-out ones, whichever classifies 1,000 other training sentences better
@@ -11,7 +12,9 @@
        weights with the same budget, each at the learning rate benchmarks/results/finetune_recipe.md chose
        for it. Each run chooses its checkpoint on whole SST-2 training sentences held out of its training
        (`--validation sentences`); SST-2 dev is scored once, at the end
-    5. print a few predictions and write report.json, and report.md rendered from it, with the curves
+    5. few labels: both starting points fine-tuned again on 2,000 rows of SST-2 train, where what pretraining
+       learned has the most to add
+    6. print a few predictions and write report.json, and report.md rendered from it, with the curves
 
 The SST-2 dev sentences are only ever evaluated on, never trained on or chosen by. report.md is a pure
 function of report.json (`render_report`), so a committed report can be checked against the writer.
@@ -38,9 +41,17 @@ EXAMPLES = [
 # 1760 steps in 0.7 minutes, 3840 in 1.6; mini and small scaled by their step times). Pretraining measures its own rate
 # (`pretrain --minutes`).
 FINETUNE_STEPS_PER_MINUTE = {"tiny": 2400, "mini": 700, "small": 220}
-# Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 6%) is
-# tokenizing, the zero-shot pass, evaluations and the report.
-PRETRAIN_SHARE, FINETUNE_SHARE = 0.62, 0.16
+# Shares of the time budget: pretraining, and each of the two fine-tuning runs. The rest (about 10%) is
+# tokenizing, the zero-shot pass, the few-label runs, evaluations and the report.
+PRETRAIN_SHARE, FINETUNE_SHARE = 0.70, 0.10
+# The pretraining recipe for a short budget: peak learning rate 3e-3 and 30% of the tokens masked instead of
+# BERT's 1e-4-scale rate and 15% (benchmarks/results/mask_rate_probe.md: at the demo's step count the held-out
+# MLM loss falls much further; more predictions per row and a larger step are what a short run lacks).
+PRETRAIN_LR, PRETRAIN_MASK_RATE = 3e-3, 0.30
+# Few labels: both starting points fine-tuned again on this many SST-2 training rows (seeded), for this many
+# steps. With all 67,000 labelled phrases a 2-layer model learns most of what it can from the labels alone;
+# pretraining shows where labels are scarce.
+FEW_LABEL_ROWS, FEW_LABEL_STEPS = 2000, 300
 # Fine-tuning learning rates, chosen per starting point on held-out SST-2 training sentences by
 # benchmarks/finetune_recipe.py (a pretrained model takes a higher one than random weights do).
 FINETUNE_LR = {"pretrained": 1e-3, "random": 3e-4}
@@ -141,8 +152,9 @@ def demo(args: DemoArgs) -> Path:
     # measured on this machine and the schedule laid over the steps that fit. ALiBi: see models/bert.py.
     budget = dict(steps=args.pretrain_steps) if args.pretrain_steps else dict(minutes=PRETRAIN_SHARE * args.minutes)
     pre = pretrain(PretrainArgs(corpus=[str(root / name) for name in corpora], out=str(out / "pretrained"),
-                                preset=args.preset, batch_size=32, seq_len=128, seed=args.seed, lr=1e-3,
-                                vocab_size=8000, alibi=True, checkpoint_every=200, device=args.device, **budget))
+                                preset=args.preset, batch_size=32, seq_len=128, seed=args.seed, lr=PRETRAIN_LR,
+                                mask_rate=PRETRAIN_MASK_RATE, vocab_size=8000, alibi=True, checkpoint_every=200,
+                                device=args.device, **budget))
     finished = json.loads((out / "pretrained" / "run.json").read_text())["finished"]
     pre = {**pre, "steps": finished["step"], "seconds": time.perf_counter() - t, "corpora": corpora,
            "tokens_seen": finished["tokens_seen"]}
@@ -170,22 +182,33 @@ def demo(args: DemoArgs) -> Path:
                 check_sentences=len(check), check_accuracy=check_accuracy[best])
     print(f"demo: zero-shot SST-2 dev accuracy {zero['accuracy']:.3f}")
 
-    def fine_tune(model_dir, name, lr):
+    def fine_tune(model_dir, name, lr, train=root / "sst2" / "train.tsv", steps=ft_steps, validation="sentences"):
         t = time.perf_counter()
-        result = finetune(FinetuneArgs(model=str(model_dir), train=str(root / "sst2" / "train.tsv"),
-                                       eval=str(root / "sst2" / "dev.tsv"), out=str(out / name), epochs=10.0,
-                                       lr=lr, batch_size=32, max_length=64, seed=args.seed, max_steps=ft_steps,
-                                       eval_every=max(1, ft_steps // 4), validation="sentences", device=args.device))
-        return {**result, "steps": ft_steps, "lr": lr, "seconds": time.perf_counter() - t}
+        result = finetune(FinetuneArgs(model=str(model_dir), train=str(train), eval=str(root / "sst2" / "dev.tsv"),
+                                       out=str(out / name), epochs=100.0, lr=lr, batch_size=32, max_length=64,
+                                       seed=args.seed, max_steps=steps, eval_every=max(1, steps // 4),
+                                       validation=validation, validation_fraction=0.1, device=args.device))
+        return {**result, "steps": steps, "lr": lr, "seconds": time.perf_counter() - t}
 
+    few_tsv = out / "few_labels" / "train.tsv"  # FEW_LABEL_ROWS rows of SST-2 train, drawn with the seed
+    few_tsv.parent.mkdir(exist_ok=True)
+    n_few = min(FEW_LABEL_ROWS, len(train_x) // 2)  # a small training file (tests) gives half its rows
+    few = np.random.default_rng(args.seed + 1).choice(len(train_x), n_few, replace=False)
+    few_tsv.write_text("sentence\tlabel\n" + "".join(f"{train_x[i]}\t{train_y[i]}\n" for i in few), encoding="utf-8")
     final = fine_tune(out / "pretrained", "finetuned", FINETUNE_LR["pretrained"])
     print(f"demo: fine-tuned SST-2 dev accuracy {final['accuracy']:.3f}")
+    few_labels = {"rows": n_few, "finetuned": fine_tune(
+        out / "pretrained", "few_labels/finetuned", FINETUNE_LR["pretrained"], few_tsv, FEW_LABEL_STEPS, "rows")}
     with tempfile.TemporaryDirectory(dir=out) as init:  # the same architecture, random weights
         manual_seed(args.seed)
         BertForMaskedLM(BertConfig.from_json(out / "pretrained" / "config.json")).save_pretrained(
             init, tokenizer=BertTokenizer.from_pretrained(out / "pretrained"))
         scratch = fine_tune(init, "from_scratch", FINETUNE_LR["random"])
+        few_labels["from_scratch"] = fine_tune(init, "few_labels/from_scratch", FINETUNE_LR["random"], few_tsv,
+                                               FEW_LABEL_STEPS, "rows")
     print(f"demo: from random weights, SST-2 dev accuracy {scratch['accuracy']:.3f}")
+    print(f"demo: with {n_few:,} labelled rows, pretrained {few_labels['finetuned']['accuracy']:.3f}, "
+          f"from random weights {few_labels['from_scratch']['accuracy']:.3f}")
 
     predictions = predict(out / "finetuned", EXAMPLES, device=args.device)
     for r in predictions:
@@ -199,7 +222,7 @@ def demo(args: DemoArgs) -> Path:
                                                 "not_found": [n for n in PRETRAIN_CORPORA if n not in corpora]},
         "preset": args.preset, "seed": args.seed, "device": args.device, "backend": get_backend(),
         "cpu_count": os.cpu_count(), "dev_majority_share": float(max(dev_labels.mean(), 1 - dev_labels.mean())),
-        "pretrain": pre, "zero_shot": zero, "finetuned": final, "from_scratch": scratch,
+        "pretrain": pre, "zero_shot": zero, "finetuned": final, "from_scratch": scratch, "few_labels": few_labels,
         "predictions": predictions, "seconds": time.perf_counter() - started,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -212,6 +235,7 @@ def demo(args: DemoArgs) -> Path:
 def render_report(r: dict) -> str:
     """report.md from the contents of report.json (and nothing else)."""
     pre, zero, ft, scratch = r["pretrain"], r["zero_shot"], r["finetuned"], r["from_scratch"]
+    few = r.get("few_labels")  # reports made before the few-label runs have none
     where = f"{r['device'].upper()}" if r["device"] != "cpu" else f"CPU ({r['cpu_count']} cores)"
     not_found = r["data"]["not_found"]
 
@@ -243,6 +267,11 @@ def render_report(r: dict) -> str:
         f"{minutes(ft['seconds'])} | {tuned(ft)} |",
         f"| fine-tuning from random weights (same architecture, same budget) | the same | {scratch['steps']} | "
         f"{minutes(scratch['seconds'])} | {tuned(scratch)} |",
+        *([f"| few labels: fine-tuning the pretrained model | {few['rows']:,} rows of `sst2/train.tsv` (seeded), "
+           f"10% of them held out for validation | {few['finetuned']['steps']} | "
+           f"{minutes(few['finetuned']['seconds'])} | {tuned(few['finetuned'])} |",
+           f"| few labels: from random weights | the same | {few['from_scratch']['steps']} | "
+           f"{minutes(few['from_scratch']['seconds'])} | {tuned(few['from_scratch'])} |"] if few else []),
         "",
         ("Not in the data folder, so not used: " + ", ".join(f"`{n}`" for n in not_found) + "."
          if not_found else "Every pretraining corpus was found."),
@@ -251,6 +280,10 @@ def render_report(r: dict) -> str:
         f"{scratch.get('lr', 1e-4):g} from random weights) kept the checkpoint with the best accuracy on "
         f"{ft['validation_n']:,} whole SST-2 training sentences held out of its training (seeded); SST-2 dev "
         f"(n = {ft['n']}) was scored once, at the end, on that checkpoint, and chose nothing.",
+        "",
+        f"Pretraining gain on SST-2 dev: {100 * (ft['accuracy'] - scratch['accuracy']):+.1f} points with every "
+        "labelled row" + (f", {100 * (few['finetuned']['accuracy'] - few['from_scratch']['accuracy']):+.1f} points "
+                          f"with {few['rows']:,}" if few else "") + " (one seed each: a point or two is noise).",
         "",
         f"Chance on SST-2 dev is {100 * r['dev_majority_share']:.1f}% (the larger class). The published 2-layer "
         "BERT-Tiny, pretrained on billions of words, reaches 83.2% after fine-tuning; this model's pretraining "
