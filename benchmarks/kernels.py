@@ -43,6 +43,8 @@ CASES = [  # (family, shape, variant); every padding mask: the last quarter of e
     ("gelu", (4096, 1536), ""),                  # MiniLM's intermediate activations
     ("cross_entropy", (2048, 30522), ""),        # B16 x T128 rows over the vocabulary, 15% labelled
     ("attention", (32, 12, 128, 32), "padding"),
+    ("attention", (16, 4, 256, 32), "padding"),
+    ("attention", (16, 4, 256, 32), "causal"),
     ("attention", (8, 4, 512, 64), "padding"),
     ("attention", (8, 4, 512, 64), "causal"),
     ("adamw", (11_000_000,), ""),                # BERT-mini's parameters in one buffer

@@ -8,16 +8,23 @@ give 0 / -inf / zero gradients, never NaN), the reference against PyTorch's SDPA
 finite differences, the version registry against the docstring, bad inputs, and run-to-run determinism.
 """
 import importlib
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gradcheck import central_differences
+from kernels import blas
 from kernels.attention import cpu, reference
 from kernels.testing import assert_close
 from tests.strategies import rng_from
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEEDS_BLAS = pytest.mark.skipif(not blas.AVAILABLE, reason=f"v4 is not registered here: {blas.WHY_NOT}")
 
 MODULE = {"numpy": "reference", "numba": "cpu", "cupy": "gpu"}
 # Sequence lengths around the Numba tiles (64 keys, 128 query lanes): 1, odd, exact multiples and one past.
@@ -117,10 +124,12 @@ def test_every_numba_version_matches_reference(version, problem):
 
 
 def test_version_registry_matches_docstring():
+    """Every listed version is registered, or named in UNAVAILABLE with the reason (v4 without BLAS)."""
     listed = re.findall(r"^\s{4}(v\d+)\s", cpu.__doc__, flags=re.M)
     assert listed, "the cpu.py docstring should list its versions as '    v1  ...'"
     for fn in ("attention_fwd", "attention_bwd"):
-        assert sorted(cpu.VERSIONS[fn]) == sorted(listed), f"{fn}: VERSIONS and the docstring disagree"
+        known = sorted([*cpu.VERSIONS[fn], *cpu.UNAVAILABLE])
+        assert known == sorted(listed), f"{fn}: VERSIONS + UNAVAILABLE and the docstring disagree"
     assert cpu.attention_fwd in cpu.VERSIONS["attention_fwd"].values()
     assert cpu.attention_bwd in cpu.VERSIONS["attention_bwd"].values()
 
@@ -278,3 +287,188 @@ def test_numba_copies_strided_and_float64_inputs():
     assert got[0].dtype == np.float32
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+# ------------------------------------------------------------ v4: the BLAS binding and its Numba pieces
+@NEEDS_BLAS
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_sgemm_matches_numpy(trans_a, trans_b):
+    """c = alpha op(a) op(b) + beta c on strided views (row slices of bigger arrays), beta 0 and 1."""
+    from numba import njit
+
+    @njit
+    def call(ta, tb, alpha, a, b, beta, c):
+        blas.sgemm(ta, tb, alpha, a, b, beta, c)
+
+    rng = np.random.default_rng(6)
+    for M, N, K in [(1, 1, 1), (7, 5, 3), (33, 65, 17), (128, 32, 96)]:
+        big_a = rng.standard_normal((K + 3, M + 5) if trans_a else (M + 3, K + 5)).astype(np.float32)
+        big_b = rng.standard_normal((N + 2, K + 4) if trans_b else (K + 2, N + 4)).astype(np.float32)
+        a = big_a[1:1 + K, 2:2 + M] if trans_a else big_a[1:1 + M, 2:2 + K]  # row stride > row length
+        b = big_b[1:1 + N, 3:3 + K] if trans_b else big_b[1:1 + K, 3:3 + N]
+        a64, b64 = (x.astype(np.float64) for x in (a, b))
+        want = 0.5 * (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
+        c = np.full((M, N), np.nan, np.float32)  # beta = 0 must ignore c, NaN included
+        call(trans_a, trans_b, np.float32(0.5), a, b, np.float32(0.0), c)
+        # float32 sums of K <= 96 products of O(1) numbers: rounding <= K * 6e-8 * sum|a||b| ~ 1e-4 here
+        assert_close(c, want, atol=1e-4, rtol=1e-5, name=f"sgemm {M}x{N}x{K} beta 0")
+        c0 = rng.standard_normal((M, N)).astype(np.float32)
+        c = c0.copy()
+        call(trans_a, trans_b, np.float32(0.5), a, b, np.float32(1.0), c)
+        assert_close(c, want + c0, atol=1e-4, rtol=1e-5, name=f"sgemm {M}x{N}x{K} beta 1")
+
+
+@NEEDS_BLAS
+def test_transpose_matches_numpy():
+    from numba import njit
+
+    @njit
+    def call(alpha, a, b):
+        blas.transpose(alpha, a, b)
+
+    rng = np.random.default_rng(7)
+    big = rng.standard_normal((40, 50)).astype(np.float32)
+    a = big[3:36, 5:22]  # (33, 17), row stride 50
+    b = np.empty((17, 33), np.float32)
+    call(np.float32(0.25), a, b)
+    np.testing.assert_array_equal(b, 0.25 * a.T)  # multiplying by a power of two is exact
+
+
+@NEEDS_BLAS
+def test_single_threaded_restores_the_thread_count():
+    before = blas._get_threads()
+    with blas.single_threaded():
+        assert blas._get_threads() == 1
+    assert blas._get_threads() == before
+    with pytest.raises(RuntimeError):
+        with blas.single_threaded():
+            raise RuntimeError("a kernel failed")
+    assert blas._get_threads() == before, "an exception inside must restore the count too"
+
+
+def test_missing_blas_leaves_v3_as_the_engine():
+    """Where kernels/blas.py cannot load, v4 is not registered, UNAVAILABLE says why and v3 is the engine."""
+    code = ("import kernels.blas as b; b.AVAILABLE = False; b.WHY_NOT = 'no OpenBLAS here'\n"
+            "import kernels.attention.cpu as c\n"
+            "assert 'v4' not in c.VERSIONS['attention_fwd'] and 'v4' not in c.VERSIONS['attention_bwd']\n"
+            "assert c.attention_fwd is c.VERSIONS['attention_fwd']['v3'], 'v3 must be the engine'\n"
+            "assert c.attention_bwd is c.VERSIONS['attention_bwd']['v3']\n"
+            "print(c.UNAVAILABLE['v4'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "no OpenBLAS here" in result.stdout
+
+
+def test_blas_load_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr(blas, "_candidates", lambda: [])
+    with pytest.raises(OSError, match="numpy.libs"):
+        blas._load()
+    libm = next((p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/libm.dylib") if os.path.exists(p)), None)
+    if libm is None:
+        pytest.skip("no libm at a known path to stand in for an OpenBLAS without the symbols")
+    monkeypatch.setattr(blas, "_candidates", lambda: [libm])
+    with pytest.raises(OSError, match="cblas_sgemm64_"):
+        blas._load()
+
+
+@NEEDS_BLAS
+@pytest.mark.parametrize("causal", [False, True])
+def test_v4_softmax_tile_matches_float64(causal):
+    """Pins fastmath={"contract"} in cpu_gemm._softmax_tile: the exp stays within fastexp's bound, masked
+    scores give exactly 0, a lane that sees nothing gets l = 0 and no NaN."""
+    from kernels.attention import cpu_gemm
+
+    rng = np.random.default_rng(8)
+    nk, nq, lo, q0, shift = 70, 37, 3, 10, -5  # causal: lane i sees key lo + j when lo + j <= q0 + i + shift
+    st = (rng.standard_normal((nk, nq)) * 15).astype(np.float32)  # |s - m| up to ~80: exp near underflow
+    key_mask = rng.random(lo + nk) > 0.2
+    key_mask[lo + 60:] = False  # trailing padding
+    key_mask[lo:lo + 6] = False  # causal: lanes 0..3 see only keys j <= 5 + i - 3, all masked: they see nothing
+    key_mask[lo + 6:lo + 8] = True
+    st[6:, 30], st[6, 30], st[7, 30] = -100.0, 0.0, -87.0  # lane 30: P = exp(-87) ~ 1.6e-38, just above 0
+    want_s = st.astype(np.float64)
+    visible = key_mask[lo:lo + nk, None] & np.ones((nk, nq), bool)
+    if causal:
+        visible &= (lo + np.arange(nk))[:, None] <= q0 + np.arange(nq)[None, :] + shift
+    m, l = np.empty(nq, np.float32), np.empty(nq, np.float32)
+    cpu_gemm._softmax_tile(st, key_mask, lo, True, causal, shift, q0, m, l)
+    want_m = np.where(visible, want_s, -np.inf).max(axis=0)
+    sees = np.isfinite(want_m)
+    want_p = np.where(visible, np.exp(want_s - np.where(sees, want_m, 0)), 0.0)
+    assert not np.isnan(st).any()
+    assert np.all(st[~visible] == 0), "masked scores must give exactly 0"
+    # fast exp: 2e-7 relative (tests/test_fastexp.py's bound, which contraction keeps: an FMA rounds once)
+    # plus the float32 rounding of s - m, |s - m| * 6e-8 <= 5e-6 at |s - m| ~ 80
+    assert_close(st, want_p, atol=1e-30, rtol=6e-6, name="P")
+    assert np.all(l[~sees] == 0) and np.all(m[sees] == want_m[sees])
+    # l: a float32 sum of up to 70 terms in [0, 1], each with the error above: 70 * 6e-8 + 6e-6 relative
+    assert_close(l[sees], want_p.sum(axis=0)[sees], atol=0, rtol=1e-5, name="l")
+
+
+@NEEDS_BLAS
+def test_v4_long_keys_shrink_the_query_block():
+    """Tk = 1100: the score tile caps the query block below Tq, and D = 40 cuts each product into several
+    sgemm calls (beta = 1 after the first); both against the reference, causal with Tq != Tk and padding."""
+    from kernels.attention import cpu_gemm
+
+    B, H, Tq, Tk, D = 2, 1, 200, 1100, 40
+    QB, KC = cpu_gemm.blocking(Tq, Tk, D)
+    assert QB < Tq and KC < Tk, f"the shape should exercise both cuts: QB {QB}, KC {KC}"
+    rng = np.random.default_rng(9)
+    q, dout = (rng.standard_normal((B, H, Tq, D)).astype(np.float32) for _ in range(2))
+    k, v = (rng.standard_normal((B, H, Tk, D)).astype(np.float32) for _ in range(2))
+    key_mask = np.ones((B, Tk), bool)
+    key_mask[1, 950:] = False  # trailing padding
+    key_mask[1, 17] = False  # and a hole inside the visible span
+    for causal in (False, True):
+        fwd, bwd = cpu.VERSIONS["attention_fwd"]["v4"], cpu.VERSIONS["attention_bwd"]["v4"]
+        out, lse = fwd(q, k, v, key_mask=key_mask, causal=causal)
+        grads = bwd(dout, q, k, v, out, lse, key_mask=key_mask, causal=causal)
+        # assert_matches' 1e-4 argument, with Tk = 1100 terms: ~1100 * 6e-8 = 7e-5 of the largest term
+        assert_matches([out, lse, *grads], want64(q, k, v, dout, key_mask, causal), rtol=2e-4,
+                       label=f"v4 causal={causal} ")
+
+
+PACKED_FMA = re.compile(r"\bvfn?m(add|sub)\d+ps\s[^\n]*%[yz]mm")
+
+
+@NEEDS_BLAS
+def test_v4_softmax_loops_vectorize_with_fma():
+    """The exp loops of _softmax_tile and _grad_tile compile to packed FMAs (vectorized, and contracted by
+    fastmath={"contract"}) without gathers. Written `for i in range(cut, nq)` they compiled to scalar
+    FMAs only (checked): an index LLVM cannot prove >= 0 keeps Numba's wraparound in the loop."""
+    from numba import njit, types
+
+    from kernels.attention import cpu_gemm
+    from tests.test_kernel_versions import GATHER_SCATTER
+
+    tile, row, mask = types.float32[:, ::1], types.float32[::1], types.boolean[::1]
+    i64, flag = types.int64, types.boolean
+    signatures = {cpu_gemm._softmax_tile: (tile, mask, i64, flag, flag, i64, i64, row, row),
+                  cpu_gemm._grad_tile: (tile, tile, mask, i64, flag, flag, i64, i64, row, row)}
+    for fn, sig in signatures.items():  # compiled anew: Numba shows no asm for code loaded from its cache
+        fresh = njit(**{k: v for k, v in fn.targetoptions.items() if k not in ("cache", "nopython")})(fn.py_func)
+        fresh.compile(sig)
+        asm = fresh.inspect_asm(sig)
+        assert PACKED_FMA.search(asm), f"{fn.py_func.__name__}: no packed FMA on ymm/zmm registers"
+        assert not GATHER_SCATTER.search(asm), f"{fn.py_func.__name__}: gathers or scatters in the asm"
+
+
+@NEEDS_BLAS
+def test_sgemm_refuses_what_it_would_misread():
+    from numba import njit
+
+    @njit
+    def call(a, b, c):
+        blas.sgemm(False, False, np.float32(1.0), a, b, np.float32(0.0), c)
+
+    a, b, c = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32), np.zeros((3, 5), np.float32)
+    with pytest.raises(ValueError, match="do not match"):
+        call(a, b[:3], c)
+    with pytest.raises(ValueError, match="contiguous"):
+        call(np.ones((3, 8), np.float32)[:, ::2], b, c)
+    with pytest.raises(ValueError, match="overlap"):
+        call(np.broadcast_to(np.ones(4, np.float32), (3, 4)), b, c)
+    call(a[:, :0], b[:0], c)  # K = 0: an empty sum, c = 0
+    assert np.all(c == 0)

@@ -14,8 +14,14 @@ derivations and the measured times:
         the online-softmax max, exp and sum run elementwise across lanes and every matrix product is an
         axpy over 128 contiguous floats; register blocking (4 d x 2 keys for scores, 4 keys for
         P V, dQ, dK, dV) cuts loads per multiply-add; the backward loops over key tiles, owning dK, dV
+    v4  the products in BLAS: v3's layout (score tiles key-major, queries in the lanes), but S^T, P V,
+        dP^T, dV, dK and dQ are sgemm calls into NumPy's own OpenBLAS from inside Numba (kernels/blas.py),
+        each cut small enough for OpenBLAS's unpacked kernels; Numba keeps the masks, exp, max and sum;
+        whole key spans per block of 128 queries, so each softmax is exact without online rescaling.
+        In cpu_gemm.py. Registered only where kernels/blas.py loads (UNAVAILABLE says why not)
 
-`attention_fwd` / `attention_bwd` are bound to the winner, v3 (see VERSIONS and NOTES.md).
+`attention_fwd` / `attention_bwd` are bound to the winner, v4, where it is registered, else v3 (see
+VERSIONS and NOTES.md).
 
 Beyond the kernel contract, one more forward for a special case (not a numbered version: it does not
 take the contract's arguments): `attention_decode_fwd`, one query per (batch, head) against a key/value
@@ -28,23 +34,26 @@ Parallelism: `prange` over the B*H (batch, head) pairs. The thread that owns a p
 dk and dv, so there are no atomics and no races, and the result is bitwise the same run to run.
 Extra memory per thread: O(T*D) (the transposed K/V of one head) plus O(tile) buffers.
 
-No fastmath: float reductions are kept in program order, and every loop that must vectorize is written
-so its innermost axis carries no reduction (axpy form: acc[j] += a * x[j]).
+No fastmath in v1-v3: float reductions are kept in program order, and every loop that must vectorize is
+written so its innermost axis carries no reduction (axpy form: acc[j] += a * x[j]). v4's softmax loops
+allow FMA contraction only (cpu_gemm.py says why; a test pins it); its products are OpenBLAS's.
 
 Tip: `NUMBA_DISABLE_JIT=1 python ...` runs these kernels as plain Python for stepping through in a debugger
-(very slow: use tiny shapes).
+(very slow: use tiny shapes; v4 is not registered then, since compiled code cannot be bypassed to call BLAS).
 """
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from kernels import blas
 from kernels.attention.reference import check_decode_inputs, check_inputs
 from kernels.fastexp import dot8, fast_exp_scalar
 
-__all__ = ["attention_fwd", "attention_bwd", "attention_decode_fwd", "VERSIONS"]
+__all__ = ["attention_fwd", "attention_bwd", "attention_decode_fwd", "VERSIONS", "UNAVAILABLE"]
 
 KEY_TILE = 64  # keys per tile: 8 AVX2 vectors per score row; a K+V tile is 16 KiB at D = 32
 QUERY_TILE = 32  # query rows that share one pass over a K/V tile (v2)
@@ -587,10 +596,30 @@ def _make_bwd(kernel):
     return attention_bwd
 
 
+def _on_blas(kernel):
+    """Run a v4 kernel with OpenBLAS on the calling thread (the prange already fills every core) and one
+    task per Numba thread (its last argument)."""
+    def run(*args):
+        with blas.single_threaded():
+            kernel(*args, numba.get_num_threads())
+
+    return run
+
+
 VERSIONS = {
     "attention_fwd": {"v1": _make_fwd(_fwd_v1), "v2": _make_fwd(_fwd_v2), "v3": _make_fwd(_fwd_v3)},
     "attention_bwd": {"v1": _make_bwd(_bwd_v1), "v2": _make_bwd(_bwd_v2), "v3": _make_bwd(_bwd_v3)},
 }
+UNAVAILABLE = {}  # version -> why it is not registered on this machine
+if blas.AVAILABLE:
+    from kernels.attention import cpu_gemm
 
-attention_fwd = VERSIONS["attention_fwd"]["v3"]
-attention_bwd = VERSIONS["attention_bwd"]["v3"]
+    VERSIONS["attention_fwd"]["v4"] = _make_fwd(_on_blas(cpu_gemm.fwd_v4))
+    VERSIONS["attention_bwd"]["v4"] = _make_bwd(_on_blas(cpu_gemm.bwd_v4))
+else:
+    UNAVAILABLE["v4"] = f"v4 calls OpenBLAS from Numba (kernels/blas.py), which did not load: {blas.WHY_NOT}"
+
+# The winner: v4 measured 2-3x v3 in benchmarks/results/kernels_attention.md; v3 where v4 is not registered.
+_ENGINE = "v4" if "v4" in VERSIONS["attention_fwd"] else "v3"
+attention_fwd = VERSIONS["attention_fwd"][_ENGINE]
+attention_bwd = VERSIONS["attention_bwd"][_ENGINE]
