@@ -619,7 +619,7 @@ if blas.AVAILABLE:
 else:
     UNAVAILABLE["v4"] = f"v4 calls OpenBLAS from Numba (kernels/blas.py), which did not load: {blas.WHY_NOT}"
 
-# The winner: v4 measured 2-3x v3 in benchmarks/results/kernels_attention.md; v3 where v4 is not registered.
+# The winner: v4, 2.5-3.4x v3 in the same run (benchmarks/results/kernels_attention.md); v3 where v4 is absent.
 _ENGINE = "v4" if "v4" in VERSIONS["attention_fwd"] else "v3"
 attention_fwd = VERSIONS["attention_fwd"][_ENGINE]
 attention_bwd = VERSIONS["attention_bwd"][_ENGINE]
