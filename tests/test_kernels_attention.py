@@ -6,6 +6,8 @@ values (outputs) err by ~(D + Tk) * 6e-8 of their largest term, not of each entr
 with rtol * max|want|. Also: properties (causal attention never reads the future; rows that see nothing
 give 0 / -inf / zero gradients, never NaN), the reference against PyTorch's SDPA and against central
 finite differences, the version registry against the docstring, bad inputs, and run-to-run determinism.
+Last, what v4 stands on: kernels/blas.py (sgemm and transpose against NumPy, the thread count, the
+fallback to v3 where it cannot load) and v4's Numba softmax pieces (against float64, and their asm).
 """
 import importlib
 import os
