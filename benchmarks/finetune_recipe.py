@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -82,7 +81,7 @@ def finetune_cmd(args, model: Path, out: Path, lr: float, epochs: float, seed: i
 def run(args) -> dict:
     args.data = Path(args.data) if args.data else study.default_data()
     model, out = Path(args.model), Path(args.out)
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = study.thread_count(args)
     runner = study.Runner(out, threads, args.force)
     started = time.time()
     key = study.architecture_key(model)
@@ -167,8 +166,7 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    path = study.write_study(args, "benchmarks/finetune_recipe.py", args.name, run(args), report)
-    print(f"[recipe] results written to {path}")
+    study.write_study(args, "benchmarks/finetune_recipe.py", args.name, run(args), report)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
 import time
@@ -90,7 +89,7 @@ def tokens_per_s(run_dir: Path) -> float:
 def run(args) -> dict:
     data = Path(args.data) if args.data else study.default_data()
     model, out = Path(args.model), Path(args.out)
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = study.thread_count(args)
     runner = study.Runner(out, threads, args.force)
     started = time.time()
     train, val = split_reviews(data / "imdb" / "train.tsv", out / "split", args.validation_rows, args.seed)
@@ -144,8 +143,7 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    path = study.write_study(args, "benchmarks/imdb_finetune.py", "imdb", run(args), report)
-    print(f"[imdb] results written to {path}")
+    study.write_study(args, "benchmarks/imdb_finetune.py", "imdb", run(args), report)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import time
@@ -42,13 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, nargs="+", default=[500, 2000, 8000], help="labelled rows per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600, help="fine-tuning steps of every run (batch 32)")
-    p.add_argument("--data", default=None, help="data folder (default: $MINILLM_DATA, else minillm's data cache)")
     p.add_argument("--train", default="sst2/train.tsv")
     p.add_argument("--eval", default="sst2/dev.tsv")
-    p.add_argument("--out", default="runs/label-budget")
-    p.add_argument("--results", default=str(study.RESULTS))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--force", action="store_true")
+    study.add_run_flags(p, out="runs/label-budget")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
@@ -67,7 +62,7 @@ def sample(train: Path, n: int, seed: int, dst: Path) -> Path:
 def run(args) -> dict:
     data = Path(args.data) if args.data else study.default_data()
     model, out = Path(args.model), Path(args.out)
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = study.thread_count(args)
     runner = study.Runner(out, threads, args.force)
     started = time.time()
     key = study.architecture_key(model)
@@ -146,10 +141,7 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = run(args)
-    path = study.write_study(args, "benchmarks/label_budget.py", "label_budget", results, report)
-    plot(results, Path(args.results) / "label_budget.png")
-    print(f"[label-budget] results written to {path}")
+    study.write_study(args, "benchmarks/label_budget.py", "label_budget", run(args), report, plot)
     return 0
 
 

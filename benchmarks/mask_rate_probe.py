@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,11 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=2037, help="optimizer steps per configuration (the demo's)")
     p.add_argument("--eval-every", type=int, default=400)
-    p.add_argument("--data", default=None, help="data folder (default: $MINILLM_DATA, else minillm's data cache)")
-    p.add_argument("--out", default="runs/mask-rate-probe")
-    p.add_argument("--results", default=str(study.RESULTS))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--force", action="store_true")
+    study.add_run_flags(p, out="runs/mask-rate-probe")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
@@ -52,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args) -> dict:
     data = Path(args.data) if args.data else study.default_data()
     out = Path(args.out)
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = study.thread_count(args)
     runner = study.Runner(out, threads, args.force)
     started = time.time()
     corpus = [str(data / name) for name in CORPUS if (data / name).is_file()]
@@ -121,10 +116,7 @@ def report(r: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = run(args)
-    path = study.write_study(args, "benchmarks/mask_rate_probe.py", "mask_rate_probe", results, report)
-    plot(results, Path(args.results) / "mask_rate_probe.png")
-    print(f"[probe] results written to {path}")
+    study.write_study(args, "benchmarks/mask_rate_probe.py", "mask_rate_probe", run(args), report, plot)
     return 0
 
 

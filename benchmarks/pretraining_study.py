@@ -261,7 +261,7 @@ def run_study(args) -> dict:
     for name in (args.train, args.eval):
         if not (data / name).is_file():
             raise SystemExit(f"{data / name} not found (--train / --eval are relative to --data)")
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = thread_count(args)
     runner = Runner(out, threads, args.force)
     started = time.time()
     results = []
@@ -310,6 +310,20 @@ def run_study(args) -> dict:
             "configs": results}
 
 
+def add_run_flags(p: argparse.ArgumentParser, out: str | None) -> None:
+    """The flags every study script shares: where the data, runs and results are, threads, --force."""
+    p.add_argument("--data", default=None, help="data folder (default: $MINILLM_DATA, else minillm's data cache)")
+    p.add_argument("--out", default=out, help="run folders, records and logs")
+    p.add_argument("--results", default=str(RESULTS), help="folder for the results files")
+    p.add_argument("--threads", type=int, default=None, help="NUMBA/OMP/OPENBLAS/MKL threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="rerun every command even where a record stands")
+
+
+def thread_count(args) -> int:
+    """--threads, or every core this process may run on."""
+    return args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
 def default_data() -> Path:
     if os.environ.get("MINILLM_DATA"):
         return Path(os.environ["MINILLM_DATA"])
@@ -348,15 +362,18 @@ def command_line(args, script: str = "benchmarks/pretraining_study.py") -> str:
     return " ".join(words)
 
 
-def write_study(args, script: str, stem: str, results: dict, render) -> Path:
+def write_study(args, script: str, stem: str, results: dict, render, plot=None) -> Path:
     """<args.results>/<stem>.md (render(results, command)) and <stem>.json (the command and the results) of a
-    study script run as args.argv; returns the .md path."""
+    study script run as args.argv, and <stem>.png by plot(results, path) if given; returns the .md path."""
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
     command = command_line(args, script)
     (folder / f"{stem}.md").write_text(render(results, command), encoding="utf-8")
     (folder / f"{stem}.json").write_text(json.dumps({"command": command, **results}, indent=1) + "\n",
                                          encoding="utf-8")
+    if plot is not None:
+        plot(results, folder / f"{stem}.png")
+    print(f"[{Path(script).stem}] results written to {folder / f'{stem}.md'}")
     return folder / f"{stem}.md"
 
 
