@@ -58,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dropout", type=float, default=0.1)
     g.add_argument("--evals-per-epoch", type=int, default=4)
     g.add_argument("--pooling", choices=("cls", "mean"), default="cls",
-                   help="the classifier's sentence vector (minillm finetune --pooling); mean writes "
-                        "finetune_recipe_mean.md")
+                   help="the classifier's sentence vector (minillm finetune --pooling); mean writes its "
+                        "results under the stem finetune_recipe_mean")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     suffix = "" if args.pooling == "cls" else f"-{args.pooling}"
