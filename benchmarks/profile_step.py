@@ -1,7 +1,9 @@
 """Where a minillm training step spends its time: matmuls, each fused kernel, the optimizer, and the rest
 (autograd bookkeeping, reshapes/copies, allocation).
 
-    python benchmarks/profile_step.py [--shape mini|minilm] [--head sparse|dense] [--steps 5] [--threads 2]
+    python benchmarks/profile_step.py [--shape mini|minilm] [--head sparse|dense] [--steps 5] [--threads 2] [--save]
+
+--save also writes the table to benchmarks/results/profile_step_<shape>_<head>.md (and its .json twin).
 
 Each fused op's forward and backward is wrapped with a timer (the matmuls are the `linear` rows); the
 "other" line is the step time minus everything timed, i.e. the engine's own overhead. Medians would hide
@@ -20,6 +22,7 @@ ap.add_argument("--shape", choices=("mini", "minilm"), default="mini")
 ap.add_argument("--head", choices=("sparse", "dense"), default="sparse")
 ap.add_argument("--steps", type=int, default=5)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--save", action="store_true", help="write benchmarks/results/profile_step_<shape>_<head>.md / .json")
 args = ap.parse_args()
 for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.threads)
@@ -91,15 +94,30 @@ for _ in range(args.steps):
 n = args.steps
 total = sum(phase.values()) / n
 ops = sum(v for v in spent.values()) / n
-print(f"# Step profile: {args.shape}, {args.head} head, batch {B} x {T}, {args.threads} threads\n")
-print(f"Command: `python benchmarks/profile_step.py --shape {args.shape} --head {args.head} --steps {n} "
-      f"--threads {args.threads}`; mean of {n} steps after 2 warm-up steps; NumPy BLAS: {blas_info()}; "
-      "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from the environment.\n")
-print(f"Step: {total * 1000:.0f} ms = {B * T / total:.0f} tokens/s "
-      f"({', '.join(f'{k} {v / n * 1000:.0f} ms' for k, v in phase.items())})\n")
-print("| part | ms per step | share |\n| --- | --- | --- |")
+command = (f"python benchmarks/profile_step.py --shape {args.shape} --head {args.head} --steps {n} "
+           f"--threads {args.threads}" + (" --save" if args.save else ""))
 rows = sorted(((k, v / n) for k, v in spent.items()), key=lambda kv: -kv[1])
 rows += [("optimizer (AdamW kernel)", phase["optimizer (AdamW kernel)"] / n),
          ("other: autograd bookkeeping, reshapes, copies, allocation", total - ops - phase["optimizer (AdamW kernel)"] / n)]
-for name, seconds in rows:
-    print(f"| {name} | {seconds * 1000:.1f} | {seconds / total:.0%} |")
+lines = [f"# Step profile: {args.shape}, {args.head} head, batch {B} x {T}, {args.threads} threads", "",
+         f"Mean of {n} steps after 2 warm-up steps; NumPy BLAS: {blas_info()}; OPENBLAS_CORETYPE and "
+         "OPENBLAS_L2_SIZE removed from the environment. One process, minillm only: the ratios against PyTorch are "
+         "in train_step.md.", "",
+         f"Step: {total * 1000:.0f} ms = {B * T / total:.0f} tokens/s "
+         f"({', '.join(f'{k} {v / n * 1000:.0f} ms' for k, v in phase.items())})", "",
+         "| part | ms per step | share |", "| --- | --- | --- |",
+         *[f"| {name} | {seconds * 1000:.1f} | {seconds / total:.0%} |" for name, seconds in rows], ""]
+print(f"Command: `{command}`\n")
+print("\n".join(lines))
+if args.save:
+    import json
+    from pathlib import Path
+
+    stem = Path(__file__).resolve().parent / "results" / f"profile_step_{args.shape}_{args.head}"
+    stem.with_suffix(".md").write_text("\n".join([f"Regenerate: `{command}`", "", *lines]), encoding="utf-8")
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "shape": args.shape, "head": args.head, "threads": args.threads, "steps": n,
+         "step_ms": total * 1000, "tokens_per_s": B * T / total,
+         "phases_ms": {k: v / n * 1000 for k, v in phase.items()},
+         "parts_ms": {name: seconds * 1000 for name, seconds in rows}}, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {stem.with_suffix('.md')}")
