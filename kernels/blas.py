@@ -165,7 +165,10 @@ def transpose(alpha, a, b):
 
 @contextlib.contextmanager
 def single_threaded():
-    """OpenBLAS on one thread (the caller's) inside the block; the previous count restored after."""
+    """OpenBLAS on one thread (the caller's) inside the block; the previous count restored after.
+
+    The count is OpenBLAS's global one: a NumPy matmul started by another Python thread while the block runs
+    would run single-threaded too. minillm computes from one Python thread, so nothing else runs then."""
     if not AVAILABLE:
         yield
         return
