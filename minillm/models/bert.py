@@ -28,8 +28,9 @@ A second option, for the classifier only: `classifier_pooling = "mean"` feeds th
 final hidden states over the real tokens instead of the [CLS] token's. MLM pretraining never trains [CLS]
 (there is no next-sentence task here), while every token's vector is what the masked-word task shaped; the
 mean hands the classifier those at once (Reimers and Gurevych 2019 found the mean the better sentence
-vector too). Measured in benchmarks/results/finetune_recipe.md. transformers would load such a checkpoint
-and silently pool [CLS], so it is saved with model_type "minillm-bert-mean-pooling" (or the ALiBi name).
+vector too). Measured against [CLS] in benchmarks/results/finetune_recipe_mean.md: higher on validation,
+not on SST-2 dev, so the studies keep [CLS]. transformers would load such a checkpoint and silently pool
+[CLS], so it is saved with model_type "minillm-bert-mean-pooling" (or the ALiBi name).
 
 `output_attentions=True` (transformers' name) adds `.attentions` to the output: one (B, H, T, T) NumPy array
 of probabilities per layer. The fused kernel never stores them, so they are recomputed on the side from each
@@ -95,7 +96,7 @@ class BertConfig(PretrainedConfig):
     pad_token_id: int = 0
     num_labels: int = 2
     classifier_dropout: float | None = None
-    model_type: str = "bert"                # "minillm-bert-alibi" when attention_bias = "alibi"
+    model_type: str = "bert"                # another name for either departure: expected_model_type()
     attention_bias: str | None = None       # None (BERT) or "alibi"; see the module docstring
     classifier_pooling: str = "cls"         # "cls" (BERT) or "mean"; see the module docstring
     architectures: list | None = None
