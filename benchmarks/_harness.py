@@ -48,6 +48,9 @@ def engine_env(engine: str, threads: int, base: dict | None = None) -> dict:
         env.pop("OMP_WAIT_POLICY", None)
         env.pop("OPENBLAS_THREAD_TIMEOUT", None)
         env["OPENBLAS_NUM_THREADS"] = "1"
+        # minillm keeps freed memory for reuse (backend.keep_freed_memory, set at import); PyTorch gets the
+        # same glibc settings, so that neither engine pays page faults the other does not
+        env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
     else:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -58,9 +61,11 @@ def settings_text(threads: int) -> dict:
     """engine -> a one-line description of its process settings, for the results files."""
     return {
         "minillm": f"NUMBA_NUM_THREADS=OMP_NUM_THREADS=OPENBLAS_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE, "
-                   "OPENBLAS_THREAD_TIMEOUT=4 (minillm's own defaults); no PyTorch imported",
+                   "OPENBLAS_THREAD_TIMEOUT=4, glibc malloc keeping freed memory (mmap threshold 1 GiB, trim threshold 2 GiB; "
+                   "minillm's own defaults); no PyTorch imported",
         "torch": f"torch.set_num_threads({threads}), OMP_NUM_THREADS=MKL_NUM_THREADS={threads}, OMP_WAIT_POLICY "
-                 "unset (PyTorch's default), OPENBLAS_NUM_THREADS=1 (NumPy only builds inputs); "
+                 "unset (PyTorch's default), OPENBLAS_NUM_THREADS=1 (NumPy only builds inputs), MALLOC_MMAP_THRESHOLD_=2^30 "
+                 "and MALLOC_TRIM_THRESHOLD_=2^31-1 (minillm's allocator settings, given to PyTorch too); "
                  "gradients by torch.autograd.grad on fresh leaves (nothing accumulates into .grad)",
         "both": f"{', '.join(BLAS_OVERRIDES)} removed from the environment",
     }

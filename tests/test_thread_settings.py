@@ -128,3 +128,38 @@ def test_an_openblas_that_cannot_be_fixed_is_named_in_one_warning(monkeypatch):
         backend.settle_thread_pools()            # once per process
     assert state["OPENBLAS_THREAD_TIMEOUT"] == "not in effect"
     assert len([w for w in record if "OPENBLAS_THREAD_TIMEOUT" in str(w.message)]) == 1
+
+
+FRESH_ARRAYS = """
+    import json, resource
+    import numpy as np
+    import minillm
+    try:
+        np._core.multiarray._set_madvise_hugepage(False)   # count 4 KiB pages, not 2 MiB ones
+    except AttributeError:
+        pass
+    n = 4 * 2**20                                          # 16 MiB of float32: over glibc's default mmap threshold
+    np.ones(n, np.float32).sum()                           # the first one is taken from the system either way
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        np.ones(n, np.float32).sum()                       # allocated, written, freed: what every step does
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps({"setting": minillm.malloc_setting, "faults": faults, "pages": 20 * n * 4 // 4096}))
+"""
+
+
+def test_freed_arrays_are_reused_without_page_faults():
+    """backend.keep_freed_memory: 20 fresh 16 MiB arrays in a row take the same memory again. glibc's
+    defaults would map and unmap each (20 x 4096 page faults); kept, only a handful of faults remain."""
+    got = run_fresh(FRESH_ARRAYS)
+    if got["setting"] == "not glibc":
+        pytest.skip("not glibc's malloc (another C library or not Linux): minillm leaves the allocator alone")
+    if got["setting"] == "user":
+        pytest.skip("this environment sets MALLOC_* or GLIBC_TUNABLES itself, and those win over minillm's")
+    assert got["setting"] == "set", got
+    assert got["faults"] < got["pages"] // 10, got
+
+
+def test_malloc_variables_of_your_own_win():
+    got = run_fresh(FRESH_ARRAYS, MALLOC_TRIM_THRESHOLD_="131072")
+    assert got["setting"] in ("user", "not glibc"), got
