@@ -21,7 +21,8 @@ same run, and draws one roofline-style chart per family.
 Results: kernels.md/.json (default run) and kernels_<family>.md/.json/.png (--versions) in benchmarks/results,
 each starting with the command that regenerates it; then the generated tables in README.md and the kernels'
 NOTES.md are refreshed from them (benchmarks/render_docs.py). --quick (1 round, 3 repeats, one shape per
-family) writes to a temporary folder instead. This is a benchmark, not a test: nothing here asserts a speed.
+family) writes to a temporary folder instead, and so does --family without --versions (kernels.md is the
+table of every family; a run of some of them does not replace it). This is a benchmark, not a test: nothing here asserts a speed.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--family", default="all", help="comma-separated families, or all: " + ", ".join(FAMILIES))
     ap.add_argument("--versions", action="store_true", help="time every numbered version of each family")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 3 repeats, one shape per family")
-    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: a temp folder)")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick, or --family "
+                    "without --versions: a temp folder, since kernels.md is the run of every family)")
     ap.add_argument("--no-docs", action="store_true", help="do not refresh the generated tables in the docs")
     ap.add_argument("--_worker", choices=H.ENGINES, help=argparse.SUPPRESS)
     ap.add_argument("--_round", type=int, default=0, help=argparse.SUPPRESS)
@@ -71,8 +73,9 @@ def parse_args(argv=None):
     args.families = fams
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.repeats = args.repeats or (3 if args.quick else 7)
-    if args.out is None:
-        args.out = H.quick_out() if args.quick else H.RESULTS
+    if args.out is None:  # kernels.md holds every family: a run of some of them must not replace it
+        partial = args.family != "all" and not args.versions
+        args.out = H.quick_out() if args.quick or partial else H.RESULTS
     return args
 
 

@@ -29,6 +29,7 @@ from benchmarks import _harness as H  # noqa: E402
 from benchmarks import kernels as K  # noqa: E402
 from benchmarks import render_docs as R  # noqa: E402
 from benchmarks import train_step as TS  # noqa: E402
+from minillm import backend  # noqa: E402
 
 RESULT_STEMS = ["kernels", "train_step"] + [f"kernels_{f}" for f in R.FAMILIES]
 
@@ -100,6 +101,9 @@ def test_each_engine_gets_its_own_settings_and_no_openblas_overrides():
         assert env["OMP_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
     assert ours["OMP_WAIT_POLICY"] == "PASSIVE" and ours["OPENBLAS_NUM_THREADS"] == "3"
     assert "OMP_WAIT_POLICY" not in peer and peer["OPENBLAS_NUM_THREADS"] == "1"
+    # minillm keeps freed memory by mallopt at import (backend.keep_freed_memory); the peer gets the same
+    assert int(peer["MALLOC_MMAP_THRESHOLD_"]) == backend.MMAP_THRESHOLD
+    assert int(peer["MALLOC_TRIM_THRESHOLD_"]) == backend.TRIM_THRESHOLD
     assert base["OPENBLAS_CORETYPE"] == "Haswell", "the caller's environment is left alone"
     assert [H.engine_order(r)[0] for r in range(4)] == ["minillm", "torch", "minillm", "torch"]
 
@@ -118,6 +122,12 @@ def fake_step_worker(losses):
                     versions="test")
 
     return calls, run_worker
+
+
+def test_a_run_of_some_families_leaves_the_table_of_every_family_alone():
+    assert K.parse_args([]).out == H.RESULTS
+    assert K.parse_args(["--family", "gelu", "--versions"]).out == H.RESULTS  # writes kernels_gelu.md only
+    assert K.parse_args(["--family", "gelu"]).out != H.RESULTS  # kernels.md would lose every other family
 
 
 def test_train_step_runs_engines_in_separate_alternating_processes(monkeypatch):
