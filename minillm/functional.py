@@ -104,14 +104,22 @@ class PackedAttention(Attention):
     """Attention on Q, K, V packed in one (3, B, H, T, D) array, as the fused QKV projection makes them.
 
     Slicing q, k, v out of the packed tensor would give three graph nodes whose backward each allocates a
-    zero array of the full packed size; here the backward stacks dQ, dK, dV into one array instead.
+    zero array of the full packed size; here the backward writes dQ, dK, dV into one array instead. That
+    array is laid out as the projection's output, (B, T, 3, H, D) in memory, and returned as the
+    (3, B, H, T, D) view of it: the transpose and reshape that lead back to the projection's (B, T, 3C)
+    gradient are then views, not copies (a stacked (3, B, H, T, D) array would be copied there).
     """
 
     def forward(self, qkv, key_mask=None, causal=False, scale=None):
         return super().forward(qkv[0], qkv[1], qkv[2], key_mask, causal, scale)
 
     def backward(self, dout):
-        return (xp(dout).stack(super().backward(dout)),)
+        B, H, T, D = self.q.shape
+        packed = xp(dout).empty((B, T, 3, H, D), dtype=dout.dtype)
+        view = packed.transpose(2, 0, 3, 1, 4)                   # (3, B, H, T, D), as qkv
+        for i, g in enumerate(super().backward(dout)):          # dQ, dK, dV, each (B, H, T, D)
+            view[i] = g
+        return (view,)
 
 
 class CrossEntropy(Function):

@@ -64,6 +64,23 @@ def test_packed_attention_gradient_and_values(reference_backend):
     np.testing.assert_array_equal(packed, split)  # the same kernel on the same numbers
 
 
+def test_packed_attention_gradient_is_laid_out_as_the_projection_output(reference_backend, monkeypatch):
+    """The (3, B, H, T, D) gradient of packed_attention is a view of a (B, T, 3, H, D) array, so the path
+    back to the QKV projection's (B, T, 3C) output gradient (transpose, reshape) copies nothing. (Its values
+    are pinned by the gradient check above.)"""
+    B, T, H, D = 2, 5, 3, 4
+    x = mm.Tensor(rng.standard_normal((B, T, 3 * H * D)), requires_grad=True)
+    qkv = x.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)               # (3, B, H, T, D), as in the models
+    seen = []
+    original = F.PackedAttention.backward
+    monkeypatch.setattr(F.PackedAttention, "backward", lambda self, dout: seen.append(original(self, dout)[0])
+                        or (seen[-1],))
+    out = F.packed_attention(qkv, key_mask=np.array([[1, 1, 1, 1, 0], [1] * 5], bool))
+    (out * mm.Tensor(rng.standard_normal(out.shape))).sum().backward()
+    assert seen[0].transpose(1, 3, 0, 2, 4).flags.c_contiguous            # (B, T, 3, H, D) in memory
+    assert x.grad.shape == x.shape
+
+
 def test_cross_entropy_gradient(reference_backend):
     targets = np.array([[1, -100, 4], [0, 2, -100]])
     check_gradients(lambda z: F.cross_entropy(z, targets), rng.standard_normal((2, 3, 5)))

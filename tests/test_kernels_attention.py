@@ -291,6 +291,46 @@ def test_numba_copies_strided_and_float64_inputs():
     np.testing.assert_array_equal(got[1], want[1])
 
 
+@NEEDS_BLAS
+@settings(max_examples=15, deadline=None)
+@given(problems(max_b=2, max_h=3), st.data())
+def test_v4_reads_the_packed_layout_in_place(problem, data):
+    """v4 takes q, k, v (and dout, out) as strided views: the packed projection output (B, T, 3, H, D) read
+    as (B, H, T, D) per slice, rows 3C floats apart, handed to BLAS with that leading dimension. Same
+    results as contiguous copies (the same products in the same order: equal to float32 rounding, 1e-6 of
+    the largest entry), and no copy is made of such a view."""
+    q, _, _, dout, _, causal = problem
+    B, H, Tq, D = q.shape  # the packed layout holds Q, K, V of one sequence: Tk = Tq
+    rng = rng_from(data.draw)
+    k, v = rng.standard_normal((2, B, H, Tq, D)).astype(np.float32)
+    key_mask = np.arange(Tq)[None, :] < rng.integers(0, Tq + 1, B)[:, None] if data.draw(st.booleans()) else None
+    packed = np.empty((B, Tq, 3, H, D), np.float32)                 # the projection's layout
+    views = [packed[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]  # (B, H, T, D) views into it
+    for view, a in zip(views, (q, k, v)):
+        view[...] = a
+    dout_btc = np.ascontiguousarray(dout.transpose(0, 2, 1, 3))     # as the output projection's gradient
+    dout_view = dout_btc.transpose(0, 2, 1, 3)
+    assert all(cpu._rows_f32(a) is a for a in (*views, dout_view)), "a strided view is read in place"
+    fwd, bwd = cpu.VERSIONS["attention_fwd"]["v4"], cpu.VERSIONS["attention_bwd"]["v4"]
+    out, lse = fwd(*views, key_mask=key_mask, causal=causal)
+    got = [out, lse, *bwd(dout_view, *views, out, lse, key_mask=key_mask, causal=causal)]
+    flat = [np.ascontiguousarray(a) for a in views]
+    out_c, lse_c = fwd(*flat, key_mask=key_mask, causal=causal)
+    want = [out_c, lse_c, *bwd(np.ascontiguousarray(dout_view), *flat, out_c, lse_c, key_mask=key_mask,
+                               causal=causal)]
+    assert_matches(got, want, rtol=1e-6, label="strided ")
+
+
+def test_strided_views_that_blas_would_misread_are_copied():
+    """A broadcast axis (stride 0) or a last axis that is not contiguous is copied, never read in place."""
+    a = np.zeros((2, 3, 5, 4), np.float32)
+    assert cpu._rows_f32(a) is a
+    for odd in (np.broadcast_to(a[:1], a.shape), a[..., ::2], a.transpose(0, 1, 3, 2), a.astype(np.float64)):
+        got = cpu._rows_f32(odd)
+        assert got is not odd and got.flags.c_contiguous and got.dtype == np.float32
+        np.testing.assert_array_equal(got, odd)
+
+
 # ------------------------------------------------------------ v4: the BLAS binding and its Numba pieces
 @NEEDS_BLAS
 @pytest.mark.parametrize("trans_a", [False, True])

@@ -557,10 +557,24 @@ def attention_decode_fwd(q, k, v, key_mask=None, scale=None):
 
 
 # ----------------------------------------------------------------------------------- the Python wrappers
-def _prepare(op, q, k, v, key_mask, scale, extra=()):
-    """Validate (before any compiled code runs) and bring inputs to contiguous float32."""
+def _rows_f32(a):
+    """a as float32 whose last axis is contiguous, its other axes strided as they come: a view needs no copy.
+
+    For v4, which hands each (b, h) slice to BLAS with its row stride as the leading dimension: the packed
+    layout's q = qkv[:, :, 0].transpose(0, 2, 1, 3) is such a view (rows 3C floats apart), and so is the
+    gradient that reaches the attention from the output projection, (B, T, H, D) read as (B, H, T, D).
+    A broadcast axis (stride 0) or any other unusual layout is copied."""
+    if (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 4 and a.strides[3] == 4
+            and a.strides[2] >= 4 * a.shape[3] and min(a.strides[:2]) > 0):
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _prepare(op, q, k, v, key_mask, scale, extra=(), strided=False):
+    """Validate (before any compiled code runs) and bring inputs to float32: contiguous, or for a kernel that
+    takes strided rows (`strided`, v4), any layout `_rows_f32` accepts."""
     key_mask = check_inputs(op, q, k, v, key_mask, extra)
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # copies only when needed
+    f32 = _rows_f32 if strided else (lambda a: np.ascontiguousarray(a, dtype=np.float32))  # copies only if needed
     B, _, _, D = q.shape
     Tk = k.shape[2]
     key_mask = np.ones((B, Tk), np.bool_) if key_mask is None else np.ascontiguousarray(key_mask)
@@ -568,11 +582,14 @@ def _prepare(op, q, k, v, key_mask, scale, extra=()):
     return f32(q), f32(k), f32(v), key_mask, scale, f32
 
 
-def _make_fwd(kernel):
+def _make_fwd(kernel, strided=False):
     def attention_fwd(q, k, v, key_mask=None, causal=False, scale=None):
         """Attention forward (see reference.attention_fwd): returns (out (B, H, Tq, D), lse (B, H, Tq))."""
-        q, k, v, key_mask, scale, _ = _prepare("attention_fwd", q, k, v, key_mask, scale)
-        out = np.empty(q.shape, np.float32)
+        q, k, v, key_mask, scale, _ = _prepare("attention_fwd", q, k, v, key_mask, scale, strided=strided)
+        B, H, Tq, D = q.shape
+        # v4 writes the output as (B, T, H, D) in memory, the layout the output projection reads as (B, T, C):
+        # the (B, H, T, D) result is a view of it, and the model's transpose and reshape copy nothing
+        out = np.empty((B, Tq, H, D), np.float32).transpose(0, 2, 1, 3) if strided else np.empty(q.shape, np.float32)
         lse = np.empty(q.shape[:3], np.float32)
         kernel(q, k, v, key_mask, bool(causal), scale, out, lse)
         return out, lse
@@ -580,17 +597,18 @@ def _make_fwd(kernel):
     return attention_fwd
 
 
-def _make_bwd(kernel):
+def _make_bwd(kernel, strided=False):
     def attention_bwd(dout, q, k, v, out, lse, key_mask=None, causal=False, scale=None):
         """Attention backward (see reference.attention_bwd): returns (dq, dk, dv), float32."""
         extra = []  # with a malformed q, let check_inputs report q first
         if isinstance(q, np.ndarray) and q.ndim == 4:
             extra = [("dout", dout, q.shape), ("out", out, q.shape), ("lse", lse, q.shape[:3])]
-        q, k, v, key_mask, scale, f32 = _prepare("attention_bwd", q, k, v, key_mask, scale, extra)
+        q, k, v, key_mask, scale, f32 = _prepare("attention_bwd", q, k, v, key_mask, scale, extra, strided)
         dq = np.zeros(q.shape, np.float32)  # accumulated over key tiles
         dk = np.zeros(k.shape, np.float32)
         dv = np.zeros(v.shape, np.float32)
-        kernel(f32(dout), q, k, v, f32(out), f32(lse), key_mask, bool(causal), scale, dq, dk, dv)
+        lse = np.ascontiguousarray(lse, dtype=np.float32)
+        kernel(f32(dout), q, k, v, f32(out), lse, key_mask, bool(causal), scale, dq, dk, dv)
         return dq, dk, dv
 
     return attention_bwd
@@ -614,8 +632,8 @@ UNAVAILABLE = {}  # version -> why it is not registered on this machine
 if blas.AVAILABLE:
     from kernels.attention import cpu_gemm
 
-    VERSIONS["attention_fwd"]["v4"] = _make_fwd(_on_blas(cpu_gemm.fwd_v4))
-    VERSIONS["attention_bwd"]["v4"] = _make_bwd(_on_blas(cpu_gemm.bwd_v4))
+    VERSIONS["attention_fwd"]["v4"] = _make_fwd(_on_blas(cpu_gemm.fwd_v4), strided=True)
+    VERSIONS["attention_bwd"]["v4"] = _make_bwd(_on_blas(cpu_gemm.bwd_v4), strided=True)
 else:
     UNAVAILABLE["v4"] = f"v4 calls OpenBLAS from Numba (kernels/blas.py), which did not load: {blas.WHY_NOT}"
 
