@@ -35,8 +35,26 @@ ENGINES = ("minillm", "torch")
 BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # removed together, for both engines
 
 
-def engine_env(engine: str, threads: int, base: dict | None = None) -> dict:
-    """The environment of one engine's worker process: thread counts, wait policies, no BLAS overrides."""
+# The C allocator's settings a worker runs with. "kept": freed memory stays in the process for reuse (glibc's
+# mmap threshold 1 GiB, trim threshold 2 GiB): what `import minillm` sets itself (backend.keep_freed_memory).
+# "glibc": glibc's own defaults. PyTorch runs under both and each case keeps its faster one: kept memory
+# makes PyTorch's row-wise kernels and training steps faster (no page faults on fresh outputs) but some of
+# its large-array cases slower and erratic (the cross-entropy backward over (2048, 30522) logits).
+ALLOCATORS = {"minillm": ("kept",), "torch": ("kept", "glibc")}
+KEPT_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def fastest(by_allocator: dict) -> dict:
+    """{allocator: per-round lists of seconds} -> summarize() of the allocator with the lowest median, with
+    "allocator" naming it."""
+    runs = {a: summarize(rounds) for a, rounds in by_allocator.items()}
+    best = min((a for a in runs if runs[a]), key=lambda a: runs[a]["median"])
+    return {**runs[best], "allocator": best}
+
+
+def engine_env(engine: str, threads: int, base: dict | None = None, allocator: str = "kept") -> dict:
+    """The environment of one engine's worker process: thread counts, wait policies, no BLAS overrides, and
+    the allocator setting (ALLOCATORS)."""
     env = dict(os.environ if base is None else base)
     for var in BLAS_OVERRIDES:
         env.pop(var, None)
@@ -48,24 +66,30 @@ def engine_env(engine: str, threads: int, base: dict | None = None) -> dict:
         env.pop("OMP_WAIT_POLICY", None)
         env.pop("OPENBLAS_THREAD_TIMEOUT", None)
         env["OPENBLAS_NUM_THREADS"] = "1"
-        # minillm keeps freed memory for reuse (backend.keep_freed_memory, set at import); PyTorch gets the
-        # same glibc settings, so that neither engine pays page faults the other does not
-        env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
     else:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    if allocator not in ALLOCATORS[engine]:
+        raise ValueError(f"allocator {allocator!r} is not one {engine} runs under: {ALLOCATORS[engine]}")
+    for var in (*KEPT_MEMORY_ENV, "MINILLM_KEEP_FREED_MEMORY"):  # minillm sets "kept" itself at import;
+        env.pop(var, None)                                          # PyTorch gets it from the environment
+    if engine == "torch" and allocator == "kept":
+        env.update(KEPT_MEMORY_ENV)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
-def settings_text(threads: int) -> dict:
-    """engine -> a one-line description of its process settings, for the results files."""
+def settings_text(threads: int, torch_allocators: tuple = ALLOCATORS["torch"]) -> dict:
+    """engine -> a one-line description of its process settings, for the results files (torch_allocators:
+    the allocator settings the benchmark ran PyTorch under)."""
+    kept = "minillm's kept memory (MALLOC_MMAP_THRESHOLD_=2^30, MALLOC_TRIM_THRESHOLD_=2^31-1)"
+    allocators = (f"each case run under two allocator settings, glibc's defaults and {kept}, and the faster one "
+                  "kept (the JSON names it per case)" if len(torch_allocators) > 1 else f"allocator: {kept}")
     return {
         "minillm": f"NUMBA_NUM_THREADS=OMP_NUM_THREADS=OPENBLAS_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE, "
                    "OPENBLAS_THREAD_TIMEOUT=4, glibc malloc keeping freed memory (mmap threshold 1 GiB, trim threshold 2 GiB; "
                    "minillm's own defaults); no PyTorch imported",
         "torch": f"torch.set_num_threads({threads}), OMP_NUM_THREADS=MKL_NUM_THREADS={threads}, OMP_WAIT_POLICY "
-                 "unset (PyTorch's default), OPENBLAS_NUM_THREADS=1 (NumPy only builds inputs), MALLOC_MMAP_THRESHOLD_=2^30 "
-                 "and MALLOC_TRIM_THRESHOLD_=2^31-1 (minillm's allocator settings, given to PyTorch too); "
+                 "unset (PyTorch's default), OPENBLAS_NUM_THREADS=1 (NumPy only builds inputs); " + allocators + "; "
                  "gradients by torch.autograd.grad on fresh leaves (nothing accumulates into .grad)",
         "both": f"{', '.join(BLAS_OVERRIDES)} removed from the environment",
     }
@@ -76,13 +100,14 @@ def blas_overrides_seen() -> dict:
     return {v: os.environ[v] for v in BLAS_OVERRIDES if v in os.environ}
 
 
-def run_worker(script: str, argv: list, engine: str, threads: int, timeout: float | None = None) -> dict:
+def run_worker(script: str, argv: list, engine: str, threads: int, timeout: float | None = None,
+               allocator: str = "kept") -> dict:
     """Run `python script argv` in the engine's environment; return the JSON of its last stdout line.
 
     The worker's stderr (its progress lines) goes straight to ours, so a long run shows where it is.
     """
     cmd = [sys.executable, script, *argv]
-    res = subprocess.run(cmd, env=engine_env(engine, threads), stdout=subprocess.PIPE, text=True,
+    res = subprocess.run(cmd, env=engine_env(engine, threads, allocator=allocator), stdout=subprocess.PIPE, text=True,
                          timeout=timeout, cwd=ROOT)
     if res.returncode:
         raise RuntimeError(f"worker {' '.join(argv)} failed with exit code {res.returncode}; "

@@ -306,7 +306,7 @@ def collect(args) -> dict:
 
 def settings(threads: int) -> dict:
     """The harness's settings lines; PyTorch here runs inference only (no gradients)."""
-    s = H.settings_text(threads)
+    s = H.settings_text(threads, torch_allocators=("kept",))
     s["torch"] = s["torch"].split("; gradients")[0] + "; inference under torch.no_grad()"
     return s
 

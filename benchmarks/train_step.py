@@ -223,10 +223,11 @@ def collect(args) -> dict:
             "--seq-len", str(args.seq_len)]
     for r in range(args.rounds):
         for k, (shape, head) in enumerate(configs):
-            for engine in H.engine_order(r + k):
-                H.log(f"round {r + 1}/{args.rounds}: {engine} {shape} {head}")
-                w = H.run_worker(script, base + ["--_worker", engine, shape, head], engine, args.threads)
-                w["round"] = r
+            for engine, allocator in [(e, a) for e in H.engine_order(r + k) for a in H.ALLOCATORS[e]]:
+                H.log(f"round {r + 1}/{args.rounds}: {engine} {shape} {head} (allocator: {allocator})")
+                w = H.run_worker(script, base + ["--_worker", engine, shape, head], engine, args.threads,
+                                 allocator=allocator)
+                w.update(round=r, allocator=allocator)
                 H.log(f"  first step {w['first_s']:.2f} s, loss {w['first_loss']:.6f}; steps "
                       + ", ".join(f"{t:.3f}" for t in w["times"]) + f" s; peak {w['peak_mb']:.0f} MB")
                 workers.append(w)
@@ -236,16 +237,20 @@ def collect(args) -> dict:
     B, T = args.batch_size, args.seq_len
     for shape, head in configs:
         ws = {e: [w for w in workers if (w["engine"], w["shape"], w["head"]) == (e, shape, head)] for e in H.ENGINES}
-        for a, b in zip(ws["minillm"], ws["torch"]):
-            rel = abs(a["first_loss"] - b["first_loss"]) / abs(b["first_loss"])
+        for b in ws["torch"]:
+            rel = abs(ws["minillm"][0]["first_loss"] - b["first_loss"]) / abs(b["first_loss"])
             if not rel <= 1e-3:  # float32 sums in different orders differ ~1e-6; 1e-3: different models or data
                 raise SystemExit(f"{shape}/{head}: first-step losses disagree by {rel:.1e} (> 1e-3): the two engines "
                                  "are not computing the same step; fix that before timing them")
         r = dict(shape=shape, head=head, params=ws["minillm"][0]["params"], masked=ws["minillm"][0]["masked"])
         r["flops"] = model_flops(shape, B, T, r["masked"], head)
-        for e in H.ENGINES:
-            s = H.summarize([w["times"] for w in ws[e]])
-            r[e] = dict(step_s=s, tokens_per_s=B * T / s["median"],
+        for e in H.ENGINES:  # per engine, its faster allocator setting (H.ALLOCATORS), and only its workers
+            by_allocator = {}
+            for w in ws[e]:
+                by_allocator.setdefault(w["allocator"], []).append(w["times"])
+            s = H.fastest(by_allocator)
+            ws[e] = [w for w in ws[e] if w["allocator"] == s["allocator"]]
+            r[e] = dict(step_s=s, allocator=s["allocator"], tokens_per_s=B * T / s["median"],
                         tokens_per_s_range=[B * T / s["max"], B * T / s["min"]],
                         mfu=r["flops"] / s["median"] / 1e9 / line, peak_mb=H.median([w["peak_mb"] for w in ws[e]]),
                         first_step_s=[w["first_s"] for w in ws[e]], first_loss=ws[e][0]["first_loss"],

@@ -29,7 +29,7 @@ from .tensor import Tensor, concatenate, default_rng, manual_seed, no_grad, spli
 # {variable: "in effect" | "fixed now" | "not in effect"}: what minillm's import found and did
 thread_settings = backend.settle_thread_pools(_thread_env_set_by_user,
                                               _numba_pool_started and backend.numba_pool_started())
-# "set" | "user" | "not glibc": whether freed memory is kept for the next step (backend.keep_freed_memory)
+# "set" | "user" | "off" | "not glibc": whether freed memory is kept for the next step (backend.keep_freed_memory)
 malloc_setting = backend.keep_freed_memory()
 
 __version__ = "0.1.0"

@@ -285,10 +285,13 @@ TRIM_THRESHOLD = 2**31 - 1  # give the heap's free top back only past 2 GiB (mal
 
 def keep_freed_memory() -> str:
     """Ask glibc's malloc to keep freed memory for reuse (see above). Returns what happened: "set", "user"
-    (you set a MALLOC_* variable or GLIBC_TUNABLES: yours win), or "not glibc" (another C library, or not
-    Linux: nothing to do)."""
+    (you set a MALLOC_* variable or GLIBC_TUNABLES: yours win), "off" (MINILLM_KEEP_FREED_MEMORY=0: glibc's
+    defaults, e.g. to measure the difference, benchmarks/allocator.py), or "not glibc" (another C library,
+    or not Linux: nothing to do)."""
     if any(name in os.environ for name in MALLOC_ENV):
         return "user"
+    if os.environ.get("MINILLM_KEEP_FREED_MEMORY", "1") == "0":
+        return "off"
     try:
         import ctypes
 

@@ -101,9 +101,17 @@ def test_each_engine_gets_its_own_settings_and_no_openblas_overrides():
         assert env["OMP_NUM_THREADS"] == env["NUMBA_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
     assert ours["OMP_WAIT_POLICY"] == "PASSIVE" and ours["OPENBLAS_NUM_THREADS"] == "3"
     assert "OMP_WAIT_POLICY" not in peer and peer["OPENBLAS_NUM_THREADS"] == "1"
-    # minillm keeps freed memory by mallopt at import (backend.keep_freed_memory); the peer gets the same
+    # minillm keeps freed memory by mallopt at import (backend.keep_freed_memory); the peer runs both with the
+    # same settings (its "kept" allocator) and with glibc's defaults, and the faster one counts
     assert int(peer["MALLOC_MMAP_THRESHOLD_"]) == backend.MMAP_THRESHOLD
     assert int(peer["MALLOC_TRIM_THRESHOLD_"]) == backend.TRIM_THRESHOLD
+    glibc = H.engine_env("torch", 3, {**base, "MALLOC_TRIM_THRESHOLD_": "1"}, allocator="glibc")
+    assert not set(H.KEPT_MEMORY_ENV) & set(glibc), "glibc's defaults: no MALLOC_ variable, not even the caller's"
+    assert not set(H.KEPT_MEMORY_ENV) & set(ours), "minillm sets its own at import"
+    with pytest.raises(ValueError, match="allocator"):
+        H.engine_env("minillm", 3, base, allocator="glibc")
+    assert H.fastest({"kept": [[3.0, 3.2]], "glibc": [[2.0, 2.5], [2.1]]}) == {
+        "median": pytest.approx(2.175), "min": 2.0, "max": 2.5, "rounds": 2, "calls": 3, "allocator": "glibc"}
     assert base["OPENBLAS_CORETYPE"] == "Haswell", "the caller's environment is left alone"
     assert [H.engine_order(r)[0] for r in range(4)] == ["minillm", "torch", "minillm", "torch"]
 
@@ -112,12 +120,13 @@ def fake_step_worker(losses):
     """A stand-in for train_step's worker processes: records who ran, returns plausible measurements."""
     calls = []
 
-    def run_worker(script, argv, engine, threads, timeout=None):
+    def run_worker(script, argv, engine, threads, timeout=None, allocator="kept"):
         e, shape, head = argv[argv.index("--_worker") + 1:][:3]
         assert e == engine, "a worker runs exactly the engine whose environment it was started with"
-        calls.append((engine, shape, head))
+        calls.append((engine, shape, head, allocator))
+        slower = 2.0 if (engine, allocator) == ("torch", "kept") else 1.0  # PyTorch's glibc run is its faster
         return dict(engine=engine, shape=shape, head=head, machine={"matmul_gflops": 100.0}, blas="test",
-                    times=[0.5, 0.4, 0.6], first_s=2.0, first_loss=losses[engine], last_loss=9.0, params=1000,
+                    times=[0.5 * slower, 0.4 * slower, 0.6 * slower], first_s=2.0, first_loss=losses[engine], last_loss=9.0, params=1000,
                     masked=307, peak_mb=100.0, baseline_mb=50.0, peak_reset=True, minillm_version="0",
                     versions="test")
 
@@ -135,11 +144,12 @@ def test_train_step_runs_engines_in_separate_alternating_processes(monkeypatch):
     monkeypatch.setattr(H, "run_worker", fake)
     args = TS.parse_args(["--rounds", "2", "--steps", "3"])
     data = TS.collect(args)
-    assert len(calls) == 2 * 4 * 2, "rounds x (shape, head) x engines, one process each"
-    firsts = [calls[i][0] for i in range(0, len(calls), 2)]
+    assert len(calls) == 2 * 4 * 3, "rounds x (shape, head) x (minillm + PyTorch's two allocators), a process each"
+    firsts = [calls[i][0] for i in range(0, len(calls), 3)]
     assert firsts.count("minillm") == firsts.count("torch"), "neither engine always goes first"
     r = data["results"][0]
     assert r["minillm"]["tokens_per_s"] == pytest.approx(2048 / 0.5)  # median of [0.5, 0.4, 0.6] s, 2048 tokens
+    assert r["torch"]["allocator"] == "glibc", "PyTorch's faster allocator setting counts"
     assert r["ratio"] == pytest.approx(1.0)
 
 

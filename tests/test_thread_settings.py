@@ -138,19 +138,20 @@ FRESH_ARRAYS = """
         np._core.multiarray._set_madvise_hugepage(False)   # count 4 KiB pages, not 2 MiB ones
     except AttributeError:
         pass
-    n = 4 * 2**20                                          # 16 MiB of float32: over glibc's default mmap threshold
+    n = 10 * 2**20                                         # 40 MiB of float32: past glibc's largest mmap threshold
     np.ones(n, np.float32).sum()                           # the first one is taken from the system either way
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
+    for _ in range(5):
         np.ones(n, np.float32).sum()                       # allocated, written, freed: what every step does
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    print(json.dumps({"setting": minillm.malloc_setting, "faults": faults, "pages": 20 * n * 4 // 4096}))
+    print(json.dumps({"setting": minillm.malloc_setting, "faults": faults, "pages": 5 * n * 4 // 4096}))
 """
 
 
 def test_freed_arrays_are_reused_without_page_faults():
-    """backend.keep_freed_memory: 20 fresh 16 MiB arrays in a row take the same memory again. glibc's
-    defaults would map and unmap each (20 x 4096 page faults); kept, only a handful of faults remain."""
+    """backend.keep_freed_memory: 5 fresh 40 MiB arrays in a row take the same memory again. glibc's defaults
+    map and unmap each (an array above 32 MiB always gets its own mapping: 5 x 10,240 page faults); kept, only
+    a handful of faults remain."""
     got = run_fresh(FRESH_ARRAYS)
     if got["setting"] == "not glibc":
         pytest.skip("not glibc's malloc (another C library or not Linux): minillm leaves the allocator alone")
@@ -163,3 +164,18 @@ def test_freed_arrays_are_reused_without_page_faults():
 def test_malloc_variables_of_your_own_win():
     got = run_fresh(FRESH_ARRAYS, MALLOC_TRIM_THRESHOLD_="131072")
     assert got["setting"] in ("user", "not glibc"), got
+
+
+def test_keeping_freed_memory_can_be_turned_off():
+    """MINILLM_KEEP_FREED_MEMORY=0 leaves glibc's defaults: every fresh 40 MiB array is faulted in again."""
+    try:
+        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):
+        glibc = False
+    if not glibc:
+        pytest.skip("not glibc's malloc (another C library or not Linux): there are no defaults to compare with")
+    got = run_fresh(FRESH_ARRAYS, MINILLM_KEEP_FREED_MEMORY="0")
+    if got["setting"] == "user":
+        pytest.skip("this environment sets MALLOC_* or GLIBC_TUNABLES itself, and those win over minillm's")
+    assert got["setting"] == "off", got
+    assert got["faults"] >= got["pages"], got
