@@ -6,7 +6,8 @@
 Each document holds one generated part between two marker lines (`BEGIN` and `END` below); everything else
 in it is prose that cites the results files and states no measured figure of its own. tests/test_results_docs.py
 runs the check, so a results file and a document can no longer disagree.
-Sources: benchmarks/results/kernels.json, kernels_<family>.json, train_step.json and sst2.md.
+Sources: benchmarks/results/kernels.json, kernels_<family>.json, train_step.json, sst2.md and the demo reports
+(demo/report.json, demo_<minutes>min/report.json).
 """
 from __future__ import annotations
 
@@ -66,12 +67,34 @@ def sst2_rows(results: str = RESULTS) -> list:
             f"| {b_ft[2]} / {c_ft[2]} | |"]
 
 
+def demo_rows(results: str = RESULTS) -> list:
+    """One README row per committed demo report (demo/: the default run; demo_<minutes>min/: longer ones)."""
+    rows = []
+    for folder in sorted(d for d in os.listdir(results) if d == "demo" or d.startswith("demo_")):
+        path = os.path.join(results, folder, "report.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        few = r.get("few_labels")
+        command = re.sub(r" --out \S+", "", r["command"])  # where the run wrote its folders does not matter here
+        rows.append(f"| `{command}` ({r['seconds'] / 60:.0f} min, preset "
+                    f"{r['preset']}): SST-2 dev zero-shot / fine-tuned / from random weights"
+                    + (f"; with {few['rows']:,} labelled rows, fine-tuned / from random weights" if few else "")
+                    + f" (`{folder}/report.md`) | {r['zero_shot']['accuracy']:.1%} / {r['finetuned']['accuracy']:.1%} / "
+                    f"{r['from_scratch']['accuracy']:.1%}"
+                    + (f"; {few['finetuned']['accuracy']:.1%} / {few['from_scratch']['accuracy']:.1%}" if few else "")
+                    + " | |")
+    return rows
+
+
 def readme_block(results: str = RESULTS) -> list:
     k, t = load("kernels.json", results), load("train_step.json", results)
     by = {(r["shape"], r["head"]): r for r in t["results"]}
     lines = [f"Measured with {t['threads']} threads on a {t['host']['cores']}-core {t['host']['cpu']}, each engine in "
              "its own processes; exact commands, settings and spreads in `benchmarks/results/`.", "",
              "| what | minillm | PyTorch CPU (+ transformers) |", "| --- | --- | --- |"]
+    lines += demo_rows(results)
     lines += sst2_rows(results)
     for shape, name in (("mini", "BERT-mini"), ("minilm", "MiniLM shape")):
         if (shape, "sparse") in by and (shape, "dense") in by:

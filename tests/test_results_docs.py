@@ -43,8 +43,11 @@ def test_generated_parts_match_the_committed_results():
 
 
 def test_a_changed_figure_in_a_results_file_is_caught(tmp_path):
-    for name in ["kernels.json", "train_step.json", "sst2.md"] + [f"kernels_{f}.json" for f in R.FAMILIES]:
+    names = ["kernels.json", "train_step.json", "sst2.md"] + [f"kernels_{f}.json" for f in R.FAMILIES]
+    names += [f"{d.name}/report.json" for d in RESULTS.glob("demo*") if (d / "report.json").is_file()]
+    for name in names:
         if (RESULTS / name).is_file():
+            (tmp_path / name).parent.mkdir(exist_ok=True)
             shutil.copy(RESULTS / name, tmp_path / name)
     assert R.stale(str(tmp_path)) == [], "a faithful copy of the results must render the same documents"
     train = json.loads((tmp_path / "train_step.json").read_text())
