@@ -219,8 +219,9 @@ def write(args, data: dict) -> None:
         lines.append(f"| {s['shape']} | {s['step_flops'] / 1e9:.1f} | {1e3 * s['step_s']['minillm']:.1f} "
                      f"| {1e3 * s['step_s']['torch']:.1f} | {s['step_gflops']['minillm']:.0f} "
                      f"| {s['step_gflops']['torch']:.0f} | {s['ratio']:.2f}x |")
-    lines += ["", "Taken on a 2-core machine shared with other jobs (see the load average above): the figures are "
-              "noisy and will be re-measured on a quiet machine with the command on the first line.", ""]
+    lines += ["", "Set the total beside the training step's ratio in train_step.md: the step's matmuls alone run at "
+              "about the same ratio, so the step's gap to PyTorch is mostly the gap between the two BLAS libraries "
+              "on these shapes (docs/performance.md).", ""]
     H.write_results(args.out, "matmul_shapes", canonical_command(args), lines, data)
     print("\n".join(lines))
     print(f"results in {args.out}")
