@@ -18,7 +18,11 @@ derivations and the measured times:
         dP^T, dV, dK and dQ are sgemm calls into NumPy's own OpenBLAS from inside Numba (kernels/blas.py),
         each cut small enough for OpenBLAS's unpacked kernels; Numba keeps the masks, exp, max and sum;
         whole key spans per block of 128 queries, so each softmax is exact without online rescaling.
-        In cpu_gemm.py. Registered only where kernels/blas.py loads (UNAVAILABLE says why not)
+        In cpu_gemm.py. Registered only where kernels/blas.py loads (UNAVAILABLE says why not).
+        Its inputs are read in place when they are float32 views with a contiguous last axis (`_rows_f32`):
+        the packed QKV projection output seen as (B, H, T, D), rows 3C floats apart, goes to BLAS with
+        that row stride; v1-v3 get contiguous copies. Its output is a (B, H, T, D) view of (B, T, H, D)
+        memory, the layout the output projection reads (docs/design.md, "The packed Q, K, V layout").
 
 `attention_fwd` / `attention_bwd` are bound to the winner, v4, where it is registered, else v3 (see
 VERSIONS and NOTES.md).
