@@ -107,6 +107,47 @@ def test_softmax_broadcast_padding_mask(backend):
     assert (y[2] == 0).all() and (y[1, ..., 4:] == 0).all()
 
 
+
+def _with_neg_inf(draw, x):
+    """x with some entries set to -inf (a logit that can never win), sometimes whole rows."""
+    rng = rng_from(draw)
+    x = x.copy()
+    x[rng.random(x.shape) < draw(st.sampled_from([0.0, 0.2, 0.9]))] = -np.inf
+    if draw(st.booleans()):
+        x[rng.integers(0, x.shape[0])] = -np.inf
+    return x
+
+
+SOFTMAX_FWD_VERSIONS = sorted(ops("numba", "softmax").VERSIONS["softmax_fwd"])
+
+
+@pytest.mark.parametrize("version", SOFTMAX_FWD_VERSIONS)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), SMALL_DIMS, st.one_of(ODD_DIMS, st.sampled_from([128, 129])), st.booleans())
+def test_softmax_fwd_version_with_masks_and_neg_inf(version, data, n, L, use_mask):
+    """Every numbered forward version, both of its paths (mask None, and a mask), against the reference,
+    with -inf logits (leading ones included: an online max starts at -inf) and fully -inf rows."""
+    x = _with_neg_inf(data.draw, data.draw(arrays((n, L))))
+    mask = data.draw(masks((n, L))) if use_mask else None
+    y = ops("numba", "softmax").VERSIONS["softmax_fwd"][version](x, mask)
+    want = ref("softmax").softmax_fwd(f64(x), mask)
+    assert y.dtype == np.float32
+    close(y, want, 1e-5, f"softmax_fwd {version}")  # the bound of test_softmax_fwd_bwd_matches_reference
+    kept = want.sum(-1) > 0
+    assert (y[~kept] == 0).all() and not np.isnan(y).any()
+
+
+@pytest.mark.parametrize("version", SOFTMAX_FWD_VERSIONS)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), SMALL_DIMS, st.one_of(ODD_DIMS, st.sampled_from([128, 129])))
+def test_softmax_fwd_without_mask_equals_all_true_mask(version, data, n, L):
+    """mask=None may take its own compiled loop (v4 on: no select pass, no mask row read); it must give the
+    masked loop's result under an all-True mask bit for bit, so the two paths cannot drift apart."""
+    x = _with_neg_inf(data.draw, data.draw(arrays((n, L))))
+    f = ops("numba", "softmax").VERSIONS["softmax_fwd"][version]
+    np.testing.assert_array_equal(f(x), f(x, np.ones((n, L), bool)))
+    np.testing.assert_array_equal(f(x), f(x, np.ones(L, bool)))  # broadcast: one mask row for all
+
 # ---------------------------------------------------------------- layer norm
 
 @FIXTURE_OK

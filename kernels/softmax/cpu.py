@@ -6,11 +6,23 @@ Versions (each checked against reference.py by tests/test_kernels_rowwise.py and
         v1  naive: per row a max pass, an exp-and-sum pass with `math.exp`, a scale pass; prange over rows.
             `math.exp` is a scalar libm call (no SVML here), so nothing vectorizes.
         v2  vectorized: the same three passes, but exp is kernels.fastexp (inlined, 8-wide AVX2) written
-            into the output row, and the max/sum reductions use 8 lanes (max8/sum8). The winner.
+            into the output row, and the max/sum reductions use 8 lanes (max8/sum8).
         v3  online: one read pass keeps a running max m and a running sum s rescaled by exp(m_old - m_new)
             whenever the max grows (Milakov & Gimelshein 2018), then one write pass. Fewer passes over
             memory, but the running (m, s) pair is a serial dependency chain: it does not vectorize, and for
             rows of 128 (512 bytes, in L1) the saved pass is worth nothing. It lost; see NOTES.md.
+            (-inf logits are skipped in the read pass: exp(-inf - -inf) would be NaN while m is still -inf.)
+        v4  v2's passes with three changes: without a mask, a second compiled loop that reads x directly
+            (no select pass, no mask row read); exp is kernels.fastexp's fast_exp_bounded (x - m <= 0, so
+            its one-factor 2^n is valid; fast_exp_scalar's two factors, +inf select and int64 widening of
+            n >> 1 cost 1.4x of the whole kernel, one thread); fastmath={"contract"} only, so the exp
+            polynomial's a*b + c become FMAs (rounded once: no less accurate; 1.2x, one thread). Dropping
+            the select pass alone measured nothing. With a mask, v2's select into the output row,
+            then the same row code in place: an all-True mask gives the no-mask result bit for bit.
+        v5  v4 with the row sum in a small non-inlined function compiled with fastmath={"reassoc"} only (as
+            softmax_bwd v3's dot): four independent ymm accumulators instead of sum8's one chain. The
+            winner: 2.30 ms against v2's 5.06 and v4's 2.77 at (49152, 128), PyTorch 2.32
+            (benchmarks/results/kernels_softmax.md). Ideas that measured no faster are in NOTES.md.
     softmax_bwd
         v1  naive: per row dot = sum_j y_j dy_j (a serial float chain), then dx = y (dy - dot).
         v2  the dot product with 8 lanes (dot8). Its 8 lanes are one ymm register: one chain of dependent
@@ -24,7 +36,8 @@ Input handling (in Python, before any compiled code runs): any real dtype is con
 are made C-contiguous, x is viewed as (N, L) rows of its last axis. The mask (broadcastable bool, True =
 keep) is never broadcast to x's full shape: it is stored as its M distinct rows (M, L) plus, for each of the
 N rows of x, the index of its mask row (an (N,) int array). An attention padding mask (B, 1, 1, T) over
-scores (B, H, T, T) costs B*T bytes, not B*H*T*T. A fully masked row gives zeros.
+scores (B, H, T, T) costs B*T bytes, not B*H*T*T. A fully masked row gives zeros. Without a mask, v4
+and v5 run their own compiled loop and read no mask at all (v1-v3 share one all-True row).
 
 Tip: NUMBA_DISABLE_JIT=1 runs these kernels as Python for stepping through in a debugger.
 """
@@ -36,7 +49,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels._inputs import as_float32
-from kernels.fastexp import dot8, fast_exp_scalar, max8, sum8
+from kernels.fastexp import dot8, fast_exp_bounded, fast_exp_scalar, max8, sum8
 
 NEG_INF = np.float32(-np.inf)
 ZERO = np.float32(0.0)
@@ -96,7 +109,7 @@ def _fwd_v3(x, mask, row_of, out):
         m = NEG_INF
         s = ZERO
         for j in range(L):  # online: invariant s = sum_{k<=j} exp(x_k - m), m = max_{k<=j} x_k
-            if keep[j]:
+            if keep[j] and xr[j] > NEG_INF:  # exp(-inf - m) = 0 adds nothing; exp(-inf - -inf) would be NaN
                 v = xr[j]
                 if v > m:
                     s = s * fast_exp_scalar(m - v) + ONE  # rescale the old sum to the new max
@@ -109,6 +122,81 @@ def _fwd_v3(x, mask, row_of, out):
         inv = ONE / s
         for j in range(L):
             yr[j] = fast_exp_scalar(xr[j] - m) * inv if keep[j] else ZERO
+
+
+@njit(cache=True, inline="always")
+def _row_v4(xr, yr):
+    """yr = softmax(xr) for one row of L floats (yr may be xr): max8, exp into yr, sum8, scale.
+
+    Inlined (Numba IR): compiled with the caller's fastmath={"contract"}. A +inf logit makes the row NaN
+    (inf - inf), as in v2; a NaN logit too.
+    """
+    m = max8(xr)
+    if m == NEG_INF:  # fully masked (or all -inf): no distribution, zeros
+        yr[:] = ZERO
+        return
+    for j in range(xr.shape[0]):  # x - m <= 0 (or NaN): fast_exp_bounded's range; -inf -> exactly 0
+        yr[j] = fast_exp_bounded(xr[j] - m)
+    inv = ONE / sum8(yr)  # >= 1: the max element contributes exp(0) = 1
+    for j in range(yr.shape[0]):
+        yr[j] *= inv
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _fwd_v4_nomask(x, out):
+    for i in prange(x.shape[0]):
+        _row_v4(x[i], out[i])  # (L,) views; flat arrays indexed at i*L measured 3x slower (NOTES.md)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _fwd_v4(x, mask, row_of, out):
+    N, L = x.shape
+    for i in prange(N):
+        keep = mask[row_of[i]]
+        xr, yr = x[i], out[i]
+        for j in range(L):  # masked logits -> -inf, into the output row; then softmax in place
+            yr[j] = xr[j] if keep[j] else NEG_INF
+        _row_v4(yr, yr)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _rsum(a):
+    """sum_j a[j] in an order LLVM may choose (fixed per compiled binary); not inlined, see _rdot."""
+    t = ZERO
+    for j in range(a.shape[0]):
+        t += a[j]
+    return t
+
+
+@njit(cache=True, inline="always")
+def _row_v5(xr, yr):
+    """_row_v4 with the sum by _rsum."""
+    m = max8(xr)
+    if m == NEG_INF:
+        yr[:] = ZERO
+        return
+    for j in range(xr.shape[0]):
+        yr[j] = fast_exp_bounded(xr[j] - m)
+    inv = ONE / _rsum(yr)
+    for j in range(yr.shape[0]):
+        yr[j] *= inv
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _fwd_v5_nomask(x, out):
+    for i in prange(x.shape[0]):
+        _row_v5(x[i], out[i])
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _fwd_v5(x, mask, row_of, out):
+    N, L = x.shape
+    for i in prange(N):
+        keep = mask[row_of[i]]
+        xr, yr = x[i], out[i]
+        for j in range(L):
+            yr[j] = xr[j] if keep[j] else NEG_INF
+        _row_v5(yr, yr)
 
 
 @njit(cache=True, parallel=True)
@@ -186,14 +274,18 @@ def _mask_rows(mask, shape, op):
     return rows, np.ascontiguousarray(row_of, dtype=np.intp)
 
 
-def _make_fwd(kernel):
+def _make_fwd(kernel, nomask=None):
+    """The Python wrapper of a forward kernel; `nomask(x, out)`, where given, serves mask=None."""
     def softmax_fwd(x, mask=None):
         """Softmax over the last axis of x (float32 result); mask broadcastable bool, True = keep."""
         x = _f32(x, "softmax_fwd", "x")
-        rows, row_of = _mask_rows(mask, x.shape, "softmax_fwd")
         x2 = x.reshape(-1, x.shape[-1])  # (..., L) -> (N, L)
         out = np.empty_like(x2)
-        kernel(x2, rows, row_of, out)
+        if mask is None and nomask is not None:
+            nomask(x2, out)
+        else:
+            rows, row_of = _mask_rows(mask, x.shape, "softmax_fwd")
+            kernel(x2, rows, row_of, out)
         return out.reshape(x.shape)
 
     return softmax_fwd
@@ -214,8 +306,9 @@ def _make_bwd(kernel):
 
 
 VERSIONS = {
-    "softmax_fwd": {"v1": _make_fwd(_fwd_v1), "v2": _make_fwd(_fwd_v2), "v3": _make_fwd(_fwd_v3)},
+    "softmax_fwd": {"v1": _make_fwd(_fwd_v1), "v2": _make_fwd(_fwd_v2), "v3": _make_fwd(_fwd_v3),
+                    "v4": _make_fwd(_fwd_v4, _fwd_v4_nomask), "v5": _make_fwd(_fwd_v5, _fwd_v5_nomask)},
     "softmax_bwd": {"v1": _make_bwd(_bwd_v1), "v2": _make_bwd(_bwd_v2), "v3": _make_bwd(_bwd_v3)},
 }
-softmax_fwd = VERSIONS["softmax_fwd"]["v2"]
+softmax_fwd = VERSIONS["softmax_fwd"]["v5"]
 softmax_bwd = VERSIONS["softmax_bwd"]["v3"]
