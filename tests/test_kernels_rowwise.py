@@ -327,6 +327,22 @@ def test_gelu_tanh_at_huge_tiny_and_zero_inputs(backend):
     assert_close(dx, r.gelu_tanh_bwd(f64(x), np.ones(x.shape)), atol=1e-6, rtol=2e-5, name="gelu_tanh_bwd")
 
 
+@pytest.mark.parametrize("version", sorted(ops("numba", "gelu").VERSIONS["gelu_fwd"]))
+def test_gelu_version_at_infinities_and_nan_behaves_as_the_reference(version):
+    """At -inf the reference's x Phi(x) is -inf * 0 = NaN, and its derivative at +-inf is NaN too (inf * 0 in
+    x phi(x)); +inf gives +inf, NaN stays NaN. v5 and v6 select their results beyond the fit of the rational
+    erf (|x| >= 4 sqrt 2) rather than compute them, so a select that returned 0 at -inf or dropped a NaN
+    would show here (the property tests draw no infinities)."""
+    k, r = ops("numba", "gelu"), ref("gelu")
+    x = np.array([-np.inf, np.inf, np.nan], np.float32)
+    fwd, bwd = k.VERSIONS["gelu_fwd"][version], k.VERSIONS["gelu_bwd"][version]
+    with np.errstate(invalid="ignore"):
+        want, dwant = r.gelu_fwd(x), r.gelu_bwd(f64(x), np.ones(x.shape))
+    assert np.isnan(want[[0, 2]]).all() and want[1] == np.inf and np.isnan(dwant).all()  # what it claims
+    np.testing.assert_array_equal(fwd(x), want, err_msg=f"gelu_fwd {version}")
+    np.testing.assert_array_equal(bwd(x, np.ones_like(x)), dwant, err_msg=f"gelu_bwd {version}")
+
+
 def test_gelu_tanh_reference_matches_torch():
     """The reference is PyTorch's gelu(approximate="tanh") (and so transformers' gelu_new), in float64."""
     torch = pytest.importorskip("torch", reason="torch is the oracle for the tanh GELU's formula")
