@@ -564,7 +564,7 @@ def attention_decode_fwd(q, k, v, key_mask=None, scale=None):
 def _rows_f32(a):
     """a as float32 whose last axis is contiguous, its other axes strided as they come: a view needs no copy.
 
-    For v4, which passes each (b, h) slice to BLAS with its row stride as the leading dimension: the packed
+    For v4, which passes each (b, h) slice to BLAS with its row stride as BLAS's lda: the packed
     layout's q = qkv[:, :, 0].transpose(0, 2, 1, 3) is such a view (rows 3C floats apart), and so is the
     gradient that reaches the attention from the output projection, (B, T, H, D) read as (B, H, T, D).
     A broadcast axis (stride 0) or any other unusual layout is copied."""
