@@ -86,8 +86,8 @@ def settings_text(threads: int, torch_allocators: tuple = ALLOCATORS["torch"]) -
                   "kept (the JSON names it per case)" if len(torch_allocators) > 1 else f"allocator: {kept}")
     return {
         "minillm": f"NUMBA_NUM_THREADS=OMP_NUM_THREADS=OPENBLAS_NUM_THREADS={threads}, OMP_WAIT_POLICY=PASSIVE, "
-                   "OPENBLAS_THREAD_TIMEOUT=4, glibc malloc keeping freed memory (mmap threshold 1 GiB, trim threshold 2 GiB; "
-                   "minillm's own defaults); no PyTorch imported",
+                   "OPENBLAS_THREAD_TIMEOUT=4, glibc malloc keeping freed memory (mmap threshold 1 GiB, trim "
+                   "threshold 2 GiB; minillm's own defaults); no PyTorch imported",
         "torch": f"torch.set_num_threads({threads}), OMP_NUM_THREADS=MKL_NUM_THREADS={threads}, OMP_WAIT_POLICY "
                  "unset (PyTorch's default), OPENBLAS_NUM_THREADS=1 (NumPy only builds inputs); " + allocators + "; "
                  "gradients by torch.autograd.grad on fresh leaves (nothing accumulates into .grad)",
@@ -107,8 +107,8 @@ def run_worker(script: str, argv: list, engine: str, threads: int, timeout: floa
     The worker's stderr (its progress lines) goes straight to ours, so a long run shows where it is.
     """
     cmd = [sys.executable, script, *argv]
-    res = subprocess.run(cmd, env=engine_env(engine, threads, allocator=allocator), stdout=subprocess.PIPE, text=True,
-                         timeout=timeout, cwd=ROOT)
+    res = subprocess.run(cmd, env=engine_env(engine, threads, allocator=allocator), stdout=subprocess.PIPE,
+                         text=True, timeout=timeout, cwd=ROOT)
     if res.returncode:
         raise RuntimeError(f"worker {' '.join(argv)} failed with exit code {res.returncode}; "
                            f"its last output:\n{res.stdout[-2000:]}")

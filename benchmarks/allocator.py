@@ -137,7 +137,8 @@ def main(argv=None) -> None:
           f"start. minillm processes as in train_step.md ({args.threads} threads), "
           "MINILLM_KEEP_FREED_MEMORY=0 (glibc) or unset (kept: mmap threshold 1 GiB, trim threshold 2 GiB); "
           f"{args.rounds} round(s), the two alternating, {args.steps} timed steps per worker after 3 untimed ones "
-          f"(the attention case: {4 * args.steps} calls after 1). ms: the median of the per-worker medians [fastest, slowest call]; "
+          f"(the attention case: {4 * args.steps} calls after 1). ms: the median of the per-worker medians "
+          "[fastest, slowest call]; "
           "faults: minor page faults per call (the median over workers of each worker's mean).", "",
           "| case | glibc ms | kept ms | glibc / kept | faults per call, glibc | faults per call, kept |",
           "| --- | --- | --- | --- | --- | --- |"]

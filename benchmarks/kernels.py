@@ -22,7 +22,8 @@ Results: kernels.md/.json (default run) and kernels_<family>.md/.json/.png (--ve
 each starting with the command that regenerates it; then the generated tables in README.md and the kernels'
 NOTES.md are refreshed from them (benchmarks/render_docs.py). --quick (1 round, 3 repeats, one shape per
 family) writes to a temporary folder instead, and so does --family without --versions (kernels.md is the
-table of every family; a run of some of them does not replace it). This is a benchmark, not a test: nothing here asserts a speed.
+table of every family; a run of some of them does not replace it). This is a benchmark, not a test:
+nothing here asserts a speed.
 """
 from __future__ import annotations
 

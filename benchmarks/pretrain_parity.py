@@ -290,7 +290,8 @@ def report(args, argv, ml: dict, pt: dict, load_start, load_end) -> None:
     cfg, mc = ml["train_config"], ml["model_config"]
     host = H.host()
     data = {"host": {**host, "loadavg_start": load_start, "loadavg_end": load_end}, "threads": args.threads,
-            "settings": H.settings_text(args.threads, torch_allocators=("kept",)), "blas": {"minillm": ml["blas"], "torch": pt["blas"]},
+            "settings": H.settings_text(args.threads, torch_allocators=("kept",)),
+            "blas": {"minillm": ml["blas"], "torch": pt["blas"]},
             "versions": {"minillm": ml["version"], "torch": pt["version"]}, "backend": ml["backend"],
             "corpus": [shown_path(c) for c in args.corpus], "rows": ml["rows"], "model_config": mc,
             "train_config": cfg, "seconds": {"minillm": ml["seconds"], "torch": pt["seconds"]},

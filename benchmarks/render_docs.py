@@ -81,7 +81,8 @@ def demo_rows(results: str = RESULTS) -> list:
         rows.append(f"| `{command}` ({r['seconds'] / 60:.0f} min, preset "
                     f"{r['preset']}): SST-2 dev zero-shot / fine-tuned / from random weights"
                     + (f"; with {few['rows']:,} labelled rows, fine-tuned / from random weights" if few else "")
-                    + f" (`{folder}/report.md`) | {r['zero_shot']['accuracy']:.1%} / {r['finetuned']['accuracy']:.1%} / "
+                    + f" (`{folder}/report.md`) | {r['zero_shot']['accuracy']:.1%} / "
+                    f"{r['finetuned']['accuracy']:.1%} / "
                     f"{r['from_scratch']['accuracy']:.1%}"
                     + (f"; {few['finetuned']['accuracy']:.1%} / {few['from_scratch']['accuracy']:.1%}" if few else "")
                     + " | |")

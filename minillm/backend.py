@@ -269,14 +269,13 @@ def _int_or_none(s):
 # freed memory kept for the next step
 #
 # A training step allocates and frees the same large arrays every step (activations, gradients, the
-# kernels' outputs). glibc's malloc serves an array above its mmap threshold (128 KiB, raised up to 32 MiB
-# as such arrays are freed) with a fresh mmap, returns it to the system on free, and trims the top of its
-# heap whenever more than its trim threshold lies free there. The next step then takes every page again
-# through a page fault, and the kernel zeroes each one: on this project's 2-core virtual machine that made
-# the attention backward (16, 12, 128, 32) 6x slower with fresh inputs than with reused ones (24 vs 4 ms)
-# and a MiniLM training step 1.3x slower (benchmarks/results/profile_step_*.md, NOTES.md). Raising both
-# thresholds keeps freed memory in the process for reuse: the resident size stays at the step's high-water
-# mark instead of going down between steps.
+# kernels' outputs). glibc's malloc serves an array above its mmap threshold (128 KiB, raised as such
+# arrays are freed, but never past 32 MiB) with a mapping of its own, returns it to the system on free, and
+# trims the top of its heap whenever more than twice that threshold lies free there. The next step then
+# takes those pages again through page faults, one per 4 KiB page, each page zeroed by the operating system
+# (benchmarks/results/allocator.md measures the faults and their cost; docs/design.md, "Memory between
+# steps"). Raising both thresholds keeps freed memory in the process for reuse: the resident size stays at
+# the step's high-water mark instead of going down between steps.
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 MMAP_THRESHOLD = 1 << 30   # arrays below 1 GiB come from the heap, where freed memory can be reused

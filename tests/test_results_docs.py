@@ -129,7 +129,8 @@ def fake_step_worker(losses):
         calls.append((engine, shape, head, allocator))
         slower = 2.0 if (engine, allocator) == ("torch", "kept") else 1.0  # PyTorch's glibc run is its faster
         return dict(engine=engine, shape=shape, head=head, machine={"matmul_gflops": 100.0}, blas="test",
-                    times=[0.5 * slower, 0.4 * slower, 0.6 * slower], first_s=2.0, first_loss=losses[engine], last_loss=9.0, params=1000,
+                    times=[0.5 * slower, 0.4 * slower, 0.6 * slower], first_s=2.0, first_loss=losses[engine],
+                    last_loss=9.0, params=1000,
                     masked=307, peak_mb=100.0, baseline_mb=50.0, peak_reset=True, minillm_version="0",
                     versions="test")
 

@@ -272,7 +272,8 @@ def render_report(r: dict) -> str:
         + (f"nothing; label words {', '.join(zero['label_words'][0])} / {', '.join(zero['label_words'][1])} "
            f"({'searched on' if zero['searched'] else 'written out, preferred to those searched on'} "
            f"{zero['label_word_sentences']:,} `sst2/train.tsv` rows{long_rows}, by accuracy "
-           f"{zero['check_accuracy']:.3f} on {zero['check_sentences']:,} others)" if "label_words" in zero else "nothing")
+           f"{zero['check_accuracy']:.3f} on {zero['check_sentences']:,} others)"
+           if "label_words" in zero else "nothing")
         + f" | 0 | {minutes(zero['seconds'])} | dev accuracy {zero['accuracy']:.3f} (n = {zero['n']}) |",
         f"| fine-tuning the pretrained model | `sst2/train.tsv` less its validation split | {ft['steps']} | "
         f"{minutes(ft['seconds'])} | {tuned(ft)} |",
